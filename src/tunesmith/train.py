@@ -1,0 +1,226 @@
+"""run_train(cfg): data → model → Trainer → run directory with adapter and run card."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import Config, dump_config
+from .data import load_records, split_records
+from .errors import ConfigError, RunDirError
+from .files import atomic_write_json, sha256_text
+from .logs import get_logger
+from .modeling import attach_lora, load_model, load_tokenizer, pick_device, pick_dtype, resolve_source
+from .runcard import RUN_CARD, RunCard, write_run_card
+from .templates import ChatFormat, Example, encode_all, resolve_template
+
+log = get_logger(__name__)
+
+
+def prepare_run_dir(cfg: Config) -> Path:
+    """Create the run dir, refusing to clobber a finished or resumable run unless asked."""
+    run_dir = Path(cfg.train.output_dir)
+    finished = (run_dir / RUN_CARD).is_file()
+    has_ckpt = any((run_dir / "checkpoints").glob("checkpoint-*"))
+    if cfg.train.overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    elif finished and not cfg.train.overwrite:
+        raise RunDirError(
+            f"{run_dir} holds a finished run; choose another train.output_dir or set train.overwrite=true"
+        )
+    elif has_ckpt and not cfg.train.resume:
+        raise RunDirError(
+            f"{run_dir} holds checkpoints of an unfinished run; continue it with train.resume=true "
+            "or start over with train.overwrite=true"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def data_fingerprint(convs: list[Any]) -> str:
+    return sha256_text(json.dumps(convs, ensure_ascii=False, sort_keys=True))[:16]
+
+
+class _ListDataset:
+    def __init__(self, examples: list[Example]):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        ex = self.examples[i]
+        return {"input_ids": ex.input_ids, "attention_mask": [1] * len(ex.input_ids), "labels": ex.labels}
+
+
+def _metrics_callback(path: Path) -> Any:
+    from transformers import TrainerCallback
+
+    class MetricsJsonl(TrainerCallback):
+        """Append every log (train and eval) to metrics.jsonl; add perplexity to eval logs."""
+
+        def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
+            if logs is None or not state.is_world_process_zero:
+                return
+            if "eval_loss" in logs:
+                logs["eval_perplexity"] = math.exp(min(logs["eval_loss"], 50))
+            with path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"step": state.global_step, "time": time.time(), **logs}) + "\n")
+
+    return MetricsJsonl()
+
+
+def _training_args(cfg: Config, run_dir: Path, device: str, dtype: str, has_val: bool) -> Any:
+    from transformers import TrainingArguments
+
+    t = cfg.train
+    eval_steps = t.eval_steps or t.save_steps
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(run_dir / "checkpoints"),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps if t.max_steps else -1,
+        learning_rate=t.learning_rate,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size * 2,
+        gradient_accumulation_steps=t.grad_accum,
+        lr_scheduler_type="polynomial",  # power 1 = linear decay from peak to lr_end
+        lr_scheduler_kwargs={"lr_end": t.min_lr, "power": 1.0},
+        warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio of total steps
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        eval_strategy="steps" if has_val else "no",
+        eval_steps=eval_steps,
+        seed=t.seed,
+        bf16=dtype == "bfloat16",
+        fp16=dtype == "float16",
+        use_cpu=device == "cpu",
+        report_to="none",  # TensorBoard is attached explicitly to write into the run dir
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True,
+    )
+    # transformers 5 renamed gradient_checkpointing; pass whichever this version knows.
+    params = inspect.signature(TrainingArguments.__init__).parameters
+    ckpt_key = "activation_checkpointing" if "activation_checkpointing" in params else "gradient_checkpointing"
+    kwargs[ckpt_key] = t.gradient_checkpointing
+    unknown = [k for k in t.trainer_args if k not in params]
+    if unknown:
+        raise ConfigError(f"`train.trainer_args` has keys TrainingArguments does not know: {unknown}")
+    kwargs.update(t.trainer_args)
+    return TrainingArguments(**kwargs)
+
+
+def _check_resume(run_dir: Path, fingerprint: str) -> None:
+    report = run_dir / "data_report.json"
+    if report.is_file():
+        old = json.loads(report.read_text(encoding="utf-8")).get("fingerprint")
+        if old and old != fingerprint:
+            raise RunDirError(
+                f"{run_dir}: the data changed since the checkpoints were written "
+                f"(fingerprint {old} → {fingerprint}); resume with the same data or start over"
+            )
+
+
+def _save_atomically(save: Any, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(str(tmp))
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+
+
+def run_train(cfg: Config) -> Path:
+    """Fine-tune ``cfg.model.source`` on ``cfg.data`` with LoRA; return the finished run dir."""
+    from transformers import DataCollatorForSeq2Seq, Trainer, set_seed
+    from transformers.integrations import TensorBoardCallback
+    from transformers.trainer_utils import get_last_checkpoint
+
+    convs = load_records(cfg.data.path, cfg.data.format, cfg.data.system_prompt)  # validate first
+    if cfg.data.limit:
+        convs = convs[: cfg.data.limit]
+    fingerprint = data_fingerprint(convs)
+    run_dir = prepare_run_dir(cfg)
+    if cfg.train.resume:
+        _check_resume(run_dir, fingerprint)
+    dump_config(cfg, run_dir / "config.yaml")
+    train_convs, val_convs = split_records(convs, cfg.data.val_fraction, cfg.data.seed)
+
+    device = pick_device(cfg.train.device)
+    dtype = pick_dtype(cfg.train.dtype, device)
+    args = _training_args(cfg, run_dir, device, dtype, bool(val_convs))  # bad trainer_args fail early
+
+    source = resolve_source(cfg.model.source, cfg.model.revision)
+    tokenizer = load_tokenizer(source.path, cfg.model.trust_remote_code)
+    tokenizer.chat_template = resolve_template(tokenizer, cfg.model.chat_template)
+    fmt = ChatFormat(tokenizer, tokenizer.chat_template)
+    train_ex, train_rep = encode_all(fmt, train_convs, cfg.data.max_length)
+    val_ex, val_rep = encode_all(fmt, val_convs, cfg.data.max_length)
+    for name, rep in (("train", train_rep), ("validation", val_rep)):
+        if rep.truncated or rep.skipped:
+            log.warning("%s: %d records truncated to %d tokens, %d skipped (no answer token left)",
+                        name, rep.truncated, cfg.data.max_length, rep.skipped)
+    if not train_ex:
+        raise RunDirError("no training example is left after encoding; raise data.max_length")
+    data_report = {"path": str(cfg.data.path), "fingerprint": fingerprint, "records": len(convs),
+                   "train": train_rep.as_dict(), "validation": val_rep.as_dict()}
+    atomic_write_json(run_dir / "data_report.json", data_report)
+
+    set_seed(cfg.train.seed)
+    model = load_model(source.path, "float32", device, cfg.model.trust_remote_code)  # AMP keeps fp32 masters
+    model = attach_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
+    trainable, total = model.get_nb_trainable_parameters()
+    log.info("device %s, compute dtype %s; trainable parameters %d of %d (%.2f%%)",
+             device, dtype, trainable, total, 100 * trainable / total)
+
+    tensorboard = TensorBoardCallback()
+    tensorboard.logging_dir = str(run_dir / "tensorboard")  # it re-opens here after train ends
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=_ListDataset(train_ex),
+        eval_dataset=_ListDataset(val_ex) if val_ex else None,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        callbacks=[_metrics_callback(run_dir / "metrics.jsonl"), tensorboard],
+    )
+    checkpoint = get_last_checkpoint(args.output_dir) if cfg.train.resume and Path(args.output_dir).is_dir() else None
+    metrics: dict[str, Any] = {}
+    if val_ex and checkpoint is None:
+        metrics["eval_loss_before"] = trainer.evaluate(metric_key_prefix="eval")["eval_loss"]
+    if checkpoint:
+        log.info("resuming from %s", checkpoint)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    metrics.update(train_loss=result.training_loss, train_runtime_s=result.metrics.get("train_runtime"),
+                   steps=trainer.state.global_step)
+    tokens = trainer.state.num_input_tokens_seen
+    if tokens and result.metrics.get("train_runtime"):
+        metrics["train_tokens_per_s"] = tokens / result.metrics["train_runtime"]
+    if val_ex:
+        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+        metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
+
+    _save_atomically(model.save_pretrained, run_dir / "adapter")
+    _save_atomically(tokenizer.save_pretrained, run_dir / "tokenizer")
+    card = RunCard(
+        base_model={"source": source.spec, "kind": source.kind, "content_hash": source.content_hash,
+                    "revision": cfg.model.revision},
+        template={"fingerprint": fmt.fingerprint, "end_of_turn": fmt.eot_token},
+        system_prompt=cfg.data.system_prompt,
+        generation=cfg.generation.__dict__.copy(),
+        data={"path": str(cfg.data.path), "fingerprint": fingerprint, "train_records": train_rep.kept,
+              "validation_records": val_rep.kept},
+        metrics=metrics,
+        method="lora",
+    )
+    write_run_card(run_dir, card)
+    log.info("run finished: %s", run_dir)
+    return run_dir
