@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+.venv/bin/ruff check src tests bench
+.venv/bin/ruff format --check -q src tests bench
 .venv/bin/python -m pytest -q "$@"

@@ -20,18 +20,34 @@ BASE = "model:\n  source: some/model\ndata:\n  path: d.json\n"
 def test_defaults_are_the_mission_recipe():
     c = Config()
     assert (c.lora.r, c.lora.alpha, c.lora.dropout) == (8, 32, 0.1)
-    assert c.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert c.lora.target_modules == [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
     t = c.train
     assert (t.learning_rate, t.batch_size, t.grad_accum, t.warmup_ratio) == (1e-4, 2, 2, 0.1)
     assert (t.weight_decay, t.epochs, t.min_lr, t.max_grad_norm) == (0.01, 3.0, 1e-6, 1.0)
     assert (t.logging_steps, t.save_steps) == (10, 100)
     assert c.data.max_length == 384
     g = c.generation
-    assert (g.temperature, g.top_p, g.top_k, g.repetition_penalty, g.max_new_tokens) == (0.5, 0.8, 50, 1.1, 256)
+    assert (g.temperature, g.top_p, g.top_k, g.repetition_penalty, g.max_new_tokens) == (
+        0.5,
+        0.8,
+        50,
+        1.1,
+        256,
+    )
 
 
 def test_overrides_apply_and_parse_scientific_notation(tmp_path):
-    cfg = load_config(write(tmp_path, BASE), ["lora.r=16", "train.learning_rate=5e-5", "data.system_prompt=你好"])
+    cfg = load_config(
+        write(tmp_path, BASE), ["lora.r=16", "train.learning_rate=5e-5", "data.system_prompt=你好"]
+    )
     assert cfg.lora.r == 16
     assert cfg.train.learning_rate == pytest.approx(5e-5)
     assert cfg.data.system_prompt == "你好"
@@ -82,3 +98,12 @@ def test_unreadable_and_invalid_yaml(tmp_path):
 def test_every_example_config_loads(path):
     cfg = load_config(path)
     assert cfg.model.source and cfg.data.path
+
+
+def test_config_reference_documents_every_key():
+    import dataclasses
+
+    doc = (REPO / "docs" / "config.md").read_text(encoding="utf-8")
+    for section in dataclasses.fields(Config):
+        for f in dataclasses.fields(getattr(Config(), section.name)):
+            assert f"`{section.name}.{f.name}`" in doc, f"{section.name}.{f.name} missing from docs/config.md"

@@ -2,32 +2,47 @@ import json
 
 import pytest
 
+from conftest import write_json
 from tunesmith.data import load_records, split_records
 from tunesmith.errors import ConfigError, DatasetError
 
-from conftest import write_json
-
 
 def test_alpaca_with_input_system_history(tmp_path):
-    p = write_json(tmp_path / "a.json", [
-        {"instruction": "翻译", "input": "hello", "output": "你好", "system": "sys",
-         "history": [["q1", "a1"]]},
-        {"instruction": "你是谁？", "input": "", "output": "我是甄嬛。"},
-    ])
+    p = write_json(
+        tmp_path / "a.json",
+        [
+            {
+                "instruction": "翻译",
+                "input": "hello",
+                "output": "你好",
+                "system": "sys",
+                "history": [["q1", "a1"]],
+            },
+            {"instruction": "你是谁？", "input": "", "output": "我是甄嬛。"},
+        ],
+    )
     convs = load_records(p, system_prompt="扮演甄嬛")
     assert convs[0] == [
         {"role": "system", "content": "sys"},
-        {"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
-        {"role": "user", "content": "翻译\nhello"}, {"role": "assistant", "content": "你好"},
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "翻译\nhello"},
+        {"role": "assistant", "content": "你好"},
     ]
     assert convs[1][0] == {"role": "system", "content": "扮演甄嬛"}  # added only where missing
-    assert convs[1][1:] == [{"role": "user", "content": "你是谁？"}, {"role": "assistant", "content": "我是甄嬛。"}]
+    assert convs[1][1:] == [
+        {"role": "user", "content": "你是谁？"},
+        {"role": "assistant", "content": "我是甄嬛。"},
+    ]
 
 
 def test_sharegpt_and_messages_jsonl(tmp_path):
     p = tmp_path / "m.jsonl"
     rows = [
-        {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}], "system": "s"},
+        {
+            "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}],
+            "system": "s",
+        },
         {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
     ]
     p.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n", encoding="utf-8")
@@ -43,8 +58,10 @@ def test_sharegpt_and_messages_jsonl(tmp_path):
         ({"instruction": "q"}, "missing field 'output'"),
         ({"instruction": "q", "output": 3}, "field 'output' must be a string"),
         ({"instruction": "q", "output": "  "}, "field 'output' is empty"),
-        ({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]},
-         "turn 1 has role 'user', expected 'assistant'"),
+        (
+            {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]},
+            "turn 1 has role 'user', expected 'assistant'",
+        ),
         ({"messages": [{"role": "user", "content": "a"}]}, "must end with an assistant turn"),
         ({"conversations": [{"from": "alien", "value": "x"}]}, "conversations[0].from is 'alien'"),
         ({"text": "plain"}, "cannot tell the format"),
@@ -80,8 +97,10 @@ def test_file_level_errors(tmp_path):
 
 
 def test_split_is_deterministic_and_keeps_duplicate_prompts_together():
-    convs = [[{"role": "user", "content": f"q{i % 40}"}, {"role": "assistant", "content": f"a{i}"}]
-             for i in range(200)]
+    convs = [
+        [{"role": "user", "content": f"q{i % 40}"}, {"role": "assistant", "content": f"a{i}"}]
+        for i in range(200)
+    ]
     train, val = split_records(convs, 0.1, seed=1)
     assert (train, val) == split_records(convs, 0.1, seed=1)
     assert len(train) + len(val) == 200 and 15 <= len(val) <= 30

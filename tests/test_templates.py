@@ -1,8 +1,8 @@
 import pytest
-from conftest import make_tokenizer
 
-from tunesmith.templates import IGNORE_INDEX, ChatFormat, encode_all, resolve_template
+from conftest import make_tokenizer
 from tunesmith.errors import TemplateError
+from tunesmith.templates import IGNORE_INDEX, ChatFormat, encode_all, resolve_template
 
 CONV = [
     {"role": "system", "content": "扮演甄嬛"},
@@ -36,7 +36,7 @@ def test_labels_cover_exactly_the_answers_and_their_end_token(fmt):
     # Build the expected sequence piece by piece from the same template text.
     p1 = fmt.render(CONV[:2], add_generation_prompt=True)
     a1 = "我是甄嬛。<|im_end|>"
-    between = "\n" + fmt.render(CONV[:4], add_generation_prompt=True)[len(p1) + len(a1) + 1:]
+    between = "\n" + fmt.render(CONV[:4], add_generation_prompt=True)[len(p1) + len(a1) + 1 :]
     a2 = "是。<|im_end|>"
     pieces = [(p1, False), (a1, True), (between, False), (a2, True), ("\n", False)]
     exp_ids, exp_labels = [], []
@@ -57,8 +57,12 @@ def test_collator_keeps_end_token_label_when_pad_is_eos(fmt):
     short = fmt.encode(CONV[:3], 512)
     long = fmt.encode(CONV, 512)
     coll = DataCollatorForSeq2Seq(fmt.tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
-    batch = coll([{"input_ids": e.input_ids, "attention_mask": [1] * len(e.input_ids), "labels": e.labels}
-                  for e in (short, long)])
+    batch = coll(
+        [
+            {"input_ids": e.input_ids, "attention_mask": [1] * len(e.input_ids), "labels": e.labels}
+            for e in (short, long)
+        ]
+    )
     row = batch["labels"][0].tolist()
     n = len(short.input_ids)
     assert row[:n] == short.labels and set(row[n:]) == {IGNORE_INDEX}

@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-from conftest import EXAMPLE_DATA
 
+from conftest import EXAMPLE_DATA
 from tunesmith.cli import main
 from tunesmith.config import load_config
 from tunesmith.errors import RunDirError
@@ -14,13 +14,27 @@ from tunesmith.train import run_train
 
 
 def make_cfg(tmp_path, model_dir, *extra):
-    return load_config(None, [
-        f"model.source={model_dir}", f"data.path={EXAMPLE_DATA}", "data.limit=48",
-        "data.system_prompt=现在你要扮演皇帝身边的女人--甄嬛", "data.val_fraction=0.125",
-        f"train.output_dir={tmp_path / 'run'}", "train.max_steps=30", "train.learning_rate=3e-3",
-        "train.logging_steps=5", "train.save_steps=10", "train.batch_size=4", "train.grad_accum=1",
-        "train.dtype=float32", "generation.temperature=0", "generation.max_new_tokens=8", *extra,
-    ])
+    return load_config(
+        None,
+        [
+            f"model.source={model_dir}",
+            f"data.path={EXAMPLE_DATA}",
+            "data.limit=48",
+            "data.system_prompt=现在你要扮演皇帝身边的女人--甄嬛",
+            "data.val_fraction=0.125",
+            f"train.output_dir={tmp_path / 'run'}",
+            "train.max_steps=30",
+            "train.learning_rate=3e-3",
+            "train.logging_steps=5",
+            "train.save_steps=10",
+            "train.batch_size=4",
+            "train.grad_accum=1",
+            "train.dtype=float32",
+            "generation.temperature=0",
+            "generation.max_new_tokens=8",
+            *extra,
+        ],
+    )
 
 
 def read_metrics(run_dir):
@@ -34,9 +48,16 @@ def test_train_writes_a_complete_run_dir(tmp_path, arch, request):
     before = {k: v.clone() for k, v in _load_state(model_dir).items()}
     run_dir = run_train(cfg)
 
-    for name in ["tunesmith.json", "config.yaml", "metrics.jsonl", "data_report.json",
-                 "adapter/adapter_model.safetensors", "adapter/adapter_config.json",
-                 "tokenizer/tokenizer.json", "checkpoints/checkpoint-30"]:
+    for name in [
+        "tunesmith.json",
+        "config.yaml",
+        "metrics.jsonl",
+        "data_report.json",
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "tokenizer/tokenizer.json",
+        "checkpoints/checkpoint-30",
+    ]:
         assert (run_dir / name).exists(), name
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     card = json.loads((run_dir / "tunesmith.json").read_text(encoding="utf-8"))
@@ -58,8 +79,11 @@ def test_train_writes_a_complete_run_dir(tmp_path, arch, request):
     adapter = load_file(run_dir / "adapter" / "adapter_model.safetensors")
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())  # B starts at zero
     bot = load_chatbot(run_dir, device="cpu")
-    base_now = {k.replace("base_model.model.", "").replace(".base_layer", ""): v
-                for k, v in bot.model.state_dict().items() if "lora_" not in k}
+    base_now = {
+        k.replace("base_model.model.", "").replace(".base_layer", ""): v
+        for k, v in bot.model.state_dict().items()
+        if "lora_" not in k
+    }
     for k, v in before.items():
         assert torch.equal(base_now[k], v), k
 
@@ -115,11 +139,20 @@ def test_interrupt_then_resume(tmp_path, tiny_qwen, monkeypatch):
 
 def test_cli_train_and_chat(tmp_path, tiny_qwen, capsys):
     cfg_path = tmp_path / "c.yaml"
-    cfg_path.write_text(f"model:\n  source: {tiny_qwen}\ndata:\n  path: {EXAMPLE_DATA}\n  limit: 16\n",
-                        encoding="utf-8")
+    cfg_path.write_text(
+        f"model:\n  source: {tiny_qwen}\ndata:\n  path: {EXAMPLE_DATA}\n  limit: 16\n", encoding="utf-8"
+    )
     out = tmp_path / "cli_run"
-    rc = main(["train", str(cfg_path), f"train.output_dir={out}", "train.max_steps=3",
-               "train.dtype=float32", "generation.max_new_tokens=4"])
+    rc = main(
+        [
+            "train",
+            str(cfg_path),
+            f"train.output_dir={out}",
+            "train.max_steps=3",
+            "train.dtype=float32",
+            "generation.max_new_tokens=4",
+        ]
+    )
     assert rc == 0 and (out / "tunesmith.json").is_file()
     capsys.readouterr()
     rc = main(["chat", str(out), "--compare", "--prompt", "你是谁？", "--temperature", "0"])
@@ -128,8 +161,9 @@ def test_cli_train_and_chat(tmp_path, tiny_qwen, capsys):
     rc = main(["chat", str(out), "--prompt", "hi", "--max-new-tokens", "2", "--seed", "1"])
     assert rc == 0
     answers = iter(["你好", "/reset", "", "/exit"])
-    from tunesmith.chat import chat_loop
     import io
+
+    from tunesmith.chat import chat_loop
 
     buf = io.StringIO()
     chat_loop(load_chatbot(out), load_chatbot(out).defaults, lambda _p: next(answers), buf)

@@ -11,7 +11,9 @@ from .inference import Chatbot
 HELP = "commands: /reset clears the history, /exit quits"
 
 
-def chat_loop(bot: Chatbot, sampling: Sampling, read: Callable[[str], str], out: TextIO, base: bool = False) -> None:
+def chat_loop(
+    bot: Chatbot, sampling: Sampling, read: Callable[[str], str], out: TextIO, base: bool = False
+) -> None:
     """Interactive loop: read a line, stream the answer, keep the history."""
     history: list[dict[str, str]] = []
     out.write(f"{HELP}\n")

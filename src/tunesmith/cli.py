@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 
 from .errors import TunesmithError
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -14,11 +19,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .train import run_train
 
     cfg = load_config(args.config, args.overrides)
+    # A polite kill (SIGTERM: schedulers, `kill`, container stops) ends like Ctrl-C.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         run_dir = run_train(cfg)
     except KeyboardInterrupt:
-        print(f"\ninterrupted. Checkpoints stay in {cfg.train.output_dir}/checkpoints; continue with:\n"
-              f"  tunesmith train {args.config} {' '.join(args.overrides)} train.resume=true", file=sys.stderr)
+        print(
+            f"\ninterrupted. Checkpoints stay in {cfg.train.output_dir}/checkpoints; continue with:\n"
+            f"  tunesmith train {args.config} {' '.join(args.overrides)} train.resume=true",
+            file=sys.stderr,
+        )
         return 130
     print(f"finished: {run_dir}\nchat with it: tunesmith chat {run_dir}")
     return 0
@@ -40,8 +50,12 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
     bot = load_chatbot(args.run_dir, device=args.device, base_only=args.base and not args.compare)
     sampling = bot.defaults.updated(
-        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-        repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens, seed=args.seed,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
     )
     if not args.prompt:
         chat_loop(bot, sampling, input, sys.stdout, base=args.base)
@@ -70,14 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("train", help="fine-tune a model; writes a run directory",
-                       description="Fine-tune with LoRA. Example: tunesmith train examples/quickstart.yaml lora.r=16")
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a model; writes a run directory",
+        description="Fine-tune with LoRA. Example: tunesmith train examples/quickstart.yaml lora.r=16",
+    )
     p.add_argument("config", help="YAML config file (see examples/)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="override config values")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("chat", help="chat with a trained run directory in the terminal",
-                       description="Chat with a run directory; template and system prompt come from its run card.")
+    p = sub.add_parser(
+        "chat",
+        help="chat with a trained run directory in the terminal",
+        description="Chat with a run directory; template and system prompt come from its run card.",
+    )
     p.add_argument("run_dir", help="a run directory written by `tunesmith train`")
     p.add_argument("--prompt", action="append", help="answer this and exit (repeatable)")
     p.add_argument("--base", action="store_true", help="answer with the base model alone")

@@ -189,9 +189,7 @@ def _build(raw: dict[str, Any], source: str | None) -> Config:
         names = [f.name for f in dataclasses.fields(section)]
         for key, value in body.items():
             if key not in hints:
-                problems.append(
-                    f"unknown key `{sname}.{key}`{_hint(str(key), names, sname + '.')}"
-                )
+                problems.append(f"unknown key `{sname}.{key}`{_hint(str(key), names, sname + '.')}")
                 continue
             setattr(section, key, _coerce(value, hints[key], f"`{sname}.{key}`", problems))
     for sname, key in sorted(REQUIRED):
@@ -214,7 +212,10 @@ def _check_ranges(cfg: Config) -> list[str]:
         (lambda: t.grad_accum >= 1, "`train.grad_accum` must be >= 1"),
         (lambda: 0 <= t.warmup_ratio < 1, "`train.warmup_ratio` must be in [0, 1)"),
         (lambda: 0 <= t.min_lr <= t.learning_rate, "`train.min_lr` must be in [0, learning_rate]"),
-        (lambda: t.save_steps >= 1 and t.logging_steps >= 1, "`train.save_steps` and `train.logging_steps` must be >= 1"),
+        (
+            lambda: t.save_steps >= 1 and t.logging_steps >= 1,
+            "`train.save_steps` and `train.logging_steps` must be >= 1",
+        ),
         (lambda: g.temperature >= 0, "`generation.temperature` must be >= 0"),
         (lambda: 0 < g.top_p <= 1, "`generation.top_p` must be in (0, 1]"),
         (lambda: g.max_new_tokens >= 1, "`generation.max_new_tokens` must be >= 1"),

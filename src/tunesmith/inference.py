@@ -41,7 +41,9 @@ class Chatbot:
             return [{"role": "system", "content": self.card.system_prompt}, *msgs]
         return list(msgs)
 
-    def stream(self, msgs: Conversation, sampling: Sampling | None = None, base: bool = False) -> Iterator[str]:
+    def stream(
+        self, msgs: Conversation, sampling: Sampling | None = None, base: bool = False
+    ) -> Iterator[str]:
         """Yield the answer to ``msgs`` piece by piece. ``base=True`` switches the adapter off."""
         import torch
         from transformers import TextIteratorStreamer
@@ -52,9 +54,15 @@ class Chatbot:
         input_ids = torch.tensor([ids], device=device)
         tok = self.fmt.tokenizer
         streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-        stop = [self.fmt.eot_id] + [i for i in _as_list(getattr(tok, "eos_token_id", None)) if i != self.fmt.eot_id]
-        kwargs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer,
-                      **s.generate_kwargs(stop, tok.pad_token_id))
+        stop = [self.fmt.eot_id] + [
+            i for i in _as_list(getattr(tok, "eos_token_id", None)) if i != self.fmt.eot_id
+        ]
+        kwargs = dict(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            streamer=streamer,
+            **s.generate_kwargs(stop, tok.pad_token_id),
+        )
         if s.seed is not None:
             torch.manual_seed(s.seed)
 
@@ -92,7 +100,9 @@ def _as_list(x: Any) -> list[int]:
     return list(x) if isinstance(x, list | tuple) else [x]
 
 
-def load_chatbot(run_dir: str | Path, device: str = "auto", dtype: str | None = None, base_only: bool = False) -> Chatbot:
+def load_chatbot(
+    run_dir: str | Path, device: str = "auto", dtype: str | None = None, base_only: bool = False
+) -> Chatbot:
     """Load base model (+ adapter unless ``base_only``) with the run's tokenizer and template."""
     from peft import PeftModel
 
@@ -100,8 +110,12 @@ def load_chatbot(run_dir: str | Path, device: str = "auto", dtype: str | None = 
     card = read_run_card(run_dir)
     source = resolve_source(card.base_model["source"], card.base_model.get("revision"))
     if source.content_hash != card.base_model.get("content_hash"):
-        log.warning("base model %s differs from the one trained on (hash %s, run card %s)",
-                    source.spec, source.content_hash[:12], str(card.base_model.get("content_hash"))[:12])
+        log.warning(
+            "base model %s differs from the one trained on (hash %s, run card %s)",
+            source.spec,
+            source.content_hash[:12],
+            str(card.base_model.get("content_hash"))[:12],
+        )
     tokenizer = load_tokenizer(run_dir / card.tokenizer)
     fmt = ChatFormat(tokenizer, tokenizer.chat_template)
     if fmt.fingerprint != card.template.get("fingerprint"):

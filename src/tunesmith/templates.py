@@ -158,7 +158,9 @@ class EncodeReport:
         return dict(self.__dict__)
 
 
-def encode_all(fmt: ChatFormat, convs: list[Conversation], max_length: int) -> tuple[list[Example], EncodeReport]:
+def encode_all(
+    fmt: ChatFormat, convs: list[Conversation], max_length: int
+) -> tuple[list[Example], EncodeReport]:
     """Encode every conversation; count truncated ones and skip those left with no answer tokens."""
     rep = EncodeReport(records=len(convs))
     out = []

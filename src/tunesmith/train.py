@@ -111,7 +111,9 @@ def _training_args(cfg: Config, run_dir: Path, device: str, dtype: str, has_val:
     )
     # transformers 5 renamed gradient_checkpointing; pass whichever this version knows.
     params = inspect.signature(TrainingArguments.__init__).parameters
-    ckpt_key = "activation_checkpointing" if "activation_checkpointing" in params else "gradient_checkpointing"
+    ckpt_key = (
+        "activation_checkpointing" if "activation_checkpointing" in params else "gradient_checkpointing"
+    )
     kwargs[ckpt_key] = t.gradient_checkpointing
     unknown = [k for k in t.trainer_args if k not in params]
     if unknown:
@@ -165,22 +167,39 @@ def run_train(cfg: Config) -> Path:
     fmt = ChatFormat(tokenizer, tokenizer.chat_template)
     train_ex, train_rep = encode_all(fmt, train_convs, cfg.data.max_length)
     val_ex, val_rep = encode_all(fmt, val_convs, cfg.data.max_length)
+    val_ex.sort(key=lambda e: len(e.input_ids))  # order is irrelevant to eval loss; less padding
     for name, rep in (("train", train_rep), ("validation", val_rep)):
         if rep.truncated or rep.skipped:
-            log.warning("%s: %d records truncated to %d tokens, %d skipped (no answer token left)",
-                        name, rep.truncated, cfg.data.max_length, rep.skipped)
+            log.warning(
+                "%s: %d records truncated to %d tokens, %d skipped (no answer token left)",
+                name,
+                rep.truncated,
+                cfg.data.max_length,
+                rep.skipped,
+            )
     if not train_ex:
         raise RunDirError("no training example is left after encoding; raise data.max_length")
-    data_report = {"path": str(cfg.data.path), "fingerprint": fingerprint, "records": len(convs),
-                   "train": train_rep.as_dict(), "validation": val_rep.as_dict()}
+    data_report = {
+        "path": str(cfg.data.path),
+        "fingerprint": fingerprint,
+        "records": len(convs),
+        "train": train_rep.as_dict(),
+        "validation": val_rep.as_dict(),
+    }
     atomic_write_json(run_dir / "data_report.json", data_report)
 
     set_seed(cfg.train.seed)
     model = load_model(source.path, "float32", device, cfg.model.trust_remote_code)  # AMP keeps fp32 masters
     model = attach_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
     trainable, total = model.get_nb_trainable_parameters()
-    log.info("device %s, compute dtype %s; trainable parameters %d of %d (%.2f%%)",
-             device, dtype, trainable, total, 100 * trainable / total)
+    log.info(
+        "device %s, compute dtype %s; trainable parameters %d of %d (%.2f%%)",
+        device,
+        dtype,
+        trainable,
+        total,
+        100 * trainable / total,
+    )
 
     tensorboard = TensorBoardCallback()
     tensorboard.logging_dir = str(run_dir / "tensorboard")  # it re-opens here after train ends
@@ -192,15 +211,20 @@ def run_train(cfg: Config) -> Path:
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
         callbacks=[_metrics_callback(run_dir / "metrics.jsonl"), tensorboard],
     )
-    checkpoint = get_last_checkpoint(args.output_dir) if cfg.train.resume and Path(args.output_dir).is_dir() else None
+    checkpoint = (
+        get_last_checkpoint(args.output_dir) if cfg.train.resume and Path(args.output_dir).is_dir() else None
+    )
     metrics: dict[str, Any] = {}
     if val_ex and checkpoint is None:
         metrics["eval_loss_before"] = trainer.evaluate(metric_key_prefix="eval")["eval_loss"]
     if checkpoint:
         log.info("resuming from %s", checkpoint)
     result = trainer.train(resume_from_checkpoint=checkpoint)
-    metrics.update(train_loss=result.training_loss, train_runtime_s=result.metrics.get("train_runtime"),
-                   steps=trainer.state.global_step)
+    metrics.update(
+        train_loss=result.training_loss,
+        train_runtime_s=result.metrics.get("train_runtime"),
+        steps=trainer.state.global_step,
+    )
     tokens = trainer.state.num_input_tokens_seen
     if tokens and result.metrics.get("train_runtime"):
         metrics["train_tokens_per_s"] = tokens / result.metrics["train_runtime"]
@@ -211,13 +235,21 @@ def run_train(cfg: Config) -> Path:
     _save_atomically(model.save_pretrained, run_dir / "adapter")
     _save_atomically(tokenizer.save_pretrained, run_dir / "tokenizer")
     card = RunCard(
-        base_model={"source": source.spec, "kind": source.kind, "content_hash": source.content_hash,
-                    "revision": cfg.model.revision},
+        base_model={
+            "source": source.spec,
+            "kind": source.kind,
+            "content_hash": source.content_hash,
+            "revision": cfg.model.revision,
+        },
         template={"fingerprint": fmt.fingerprint, "end_of_turn": fmt.eot_token},
         system_prompt=cfg.data.system_prompt,
         generation=cfg.generation.__dict__.copy(),
-        data={"path": str(cfg.data.path), "fingerprint": fingerprint, "train_records": train_rep.kept,
-              "validation_records": val_rep.kept},
+        data={
+            "path": str(cfg.data.path),
+            "fingerprint": fingerprint,
+            "train_records": train_rep.kept,
+            "validation_records": val_rep.kept,
+        },
         metrics=metrics,
         method="lora",
     )
