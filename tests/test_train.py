@@ -129,6 +129,8 @@ def test_interrupt_then_resume(tmp_path, tiny_qwen, monkeypatch):
     resumed = run_train(make_cfg(tmp_path, tiny_qwen, "train.resume=true"))
     card = json.loads((resumed / "tunesmith.json").read_text())
     assert card["metrics"]["steps"] == 30
+    assert card["metrics"]["eval_loss_before"] > card["metrics"]["eval_loss"]  # from the first run's log
+    assert card["metrics"]["train_tokens_per_s"] > 0
     steps = [r["step"] for r in read_metrics(resumed) if "loss" in r]
     assert 15 in steps and 20 in steps  # continued after checkpoint-10, not from step 0 again
     assert steps.count(5) == 1

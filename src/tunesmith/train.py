@@ -62,7 +62,21 @@ def _metrics_callback(path: Path) -> Any:
     from transformers import TrainerCallback
 
     class MetricsJsonl(TrainerCallback):
-        """Append every log (train and eval) to metrics.jsonl; add perplexity to eval logs."""
+        """Append every log (train and eval) to metrics.jsonl; add perplexity to eval logs.
+
+        Also measures training throughput over this process's own steps (``tokens_per_s``), so
+        a resumed run does not count the tokens of the steps it restored.
+        """
+
+        tokens_per_s: float | None = None
+
+        def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
+            self._start = (time.perf_counter(), state.num_input_tokens_seen)
+
+        def on_train_end(self, args, state, control, **kw):  # noqa: ANN001
+            elapsed = time.perf_counter() - self._start[0]
+            tokens = state.num_input_tokens_seen - self._start[1]
+            self.tokens_per_s = tokens / elapsed if elapsed > 0 and tokens > 0 else None
 
         def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
             if logs is None or not state.is_world_process_zero:
@@ -133,6 +147,16 @@ def _check_resume(run_dir: Path, fingerprint: str) -> None:
             )
 
 
+def _first_eval_loss(path: Path) -> float | None:
+    """The step-0 evaluation of a run being resumed, from its metrics stream."""
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            rec = json.loads(line)
+            if rec.get("step") == 0 and "eval_loss" in rec:
+                return rec["eval_loss"]
+    return None
+
+
 def _save_atomically(save: Any, target: Path) -> None:
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -201,6 +225,7 @@ def run_train(cfg: Config) -> Path:
         100 * trainable / total,
     )
 
+    metrics_cb = _metrics_callback(run_dir / "metrics.jsonl")
     tensorboard = TensorBoardCallback()
     tensorboard.logging_dir = str(run_dir / "tensorboard")  # it re-opens here after train ends
     trainer = Trainer(
@@ -209,27 +234,31 @@ def run_train(cfg: Config) -> Path:
         train_dataset=_ListDataset(train_ex),
         eval_dataset=_ListDataset(val_ex) if val_ex else None,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
-        callbacks=[_metrics_callback(run_dir / "metrics.jsonl"), tensorboard],
+        callbacks=[metrics_cb, tensorboard],
     )
     checkpoint = (
         get_last_checkpoint(args.output_dir) if cfg.train.resume and Path(args.output_dir).is_dir() else None
     )
     metrics: dict[str, Any] = {}
-    if val_ex and checkpoint is None:
-        metrics["eval_loss_before"] = trainer.evaluate(metric_key_prefix="eval")["eval_loss"]
     if checkpoint:
         log.info("resuming from %s", checkpoint)
+        metrics["eval_loss_before"] = _first_eval_loss(run_dir / "metrics.jsonl")
+    elif val_ex:
+        metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
     result = trainer.train(resume_from_checkpoint=checkpoint)
     metrics.update(
         train_loss=result.training_loss,
         train_runtime_s=result.metrics.get("train_runtime"),
         steps=trainer.state.global_step,
     )
-    tokens = trainer.state.num_input_tokens_seen
-    if tokens and result.metrics.get("train_runtime"):
-        metrics["train_tokens_per_s"] = tokens / result.metrics["train_runtime"]
+    metrics["train_tokens_per_s"] = metrics_cb.tokens_per_s  # non-padding tokens, this process only
     if val_ex:
-        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+        final = [
+            h
+            for h in trainer.state.log_history
+            if "eval_loss" in h and h.get("step") == trainer.state.global_step
+        ]
+        metrics["eval_loss"] = final[-1]["eval_loss"] if final else trainer.evaluate()["eval_loss"]
         metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
 
     _save_atomically(model.save_pretrained, run_dir / "adapter")
