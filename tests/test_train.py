@@ -179,3 +179,18 @@ def test_cli_reports_errors_without_traceback(tmp_path, capsys):
     assert "unknown key `lora.rr`" in capsys.readouterr().err
     assert main(["chat", str(tmp_path / "nope")]) == 2
     assert "no such run directory" in capsys.readouterr().err
+
+
+def test_train_on_cleaned_data_records_the_cleaning(tmp_path, tiny_qwen):
+    data = tmp_path / "dirty.json"
+    rows = json.loads(EXAMPLE_DATA.read_text(encoding="utf-8"))[:40]
+    rows += [rows[0], {"instruction": "空", "input": "", "output": "  "}]  # a duplicate and an empty answer
+    data.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    cfg = make_cfg(tmp_path, tiny_qwen, f"data.path={data}", "data.clean=default", "train.max_steps=2")
+    run_dir = run_train(cfg)
+    card = json.loads((run_dir / "tunesmith.json").read_text(encoding="utf-8"))
+    report = json.loads((run_dir / "clean_report.json").read_text(encoding="utf-8"))
+    assert card["data"]["clean"]["report_fingerprint"] == report["fingerprint"]
+    assert report["removed"]["exact_duplicate"] == 1 and report["removed"]["missing_value"] == 1
+    assert len((run_dir / "removed.jsonl").read_text(encoding="utf-8").splitlines()) >= 2
+    assert card["data"]["train_records"] + card["data"]["validation_records"] == report["output_records"]

@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     _sampling_args(p)
     p.set_defaults(func=_cmd_chat)
+
+    from .cli_data import add_data_parser
+
+    add_data_parser(sub)
     return parser
 
 

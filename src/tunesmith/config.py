@@ -50,6 +50,7 @@ class DataConfig:
     seed: int = _f(42, "seed of the train/validation split")
     max_length: int = _f(384, "maximum tokens per example; longer ones are truncated and counted")
     limit: int | None = _f(None, "use only the first N records (quick experiments)")
+    clean: str | None = _f(None, "clean before training: 'default' or a cleaning recipe YAML file")
 
 
 @dataclass
@@ -169,6 +170,17 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
     return value
 
 
+def fill_section(section: Any, body: dict[str, Any], prefix: str, problems: list[str]) -> None:
+    """Set ``section``'s fields from ``body``, type-checked; unknown keys and bad types go to problems."""
+    hints = typing.get_type_hints(type(section))
+    names = [f.name for f in dataclasses.fields(section)]
+    for key, value in body.items():
+        if key not in hints:
+            problems.append(f"unknown key `{prefix}{key}`{_hint(str(key), names, prefix)}")
+            continue
+        setattr(section, key, _coerce(value, hints[key], f"`{prefix}{key}`", problems))
+
+
 def _build(raw: dict[str, Any], source: str | None) -> Config:
     problems: list[str] = []
     cfg = Config()
@@ -184,14 +196,7 @@ def _build(raw: dict[str, Any], source: str | None) -> Config:
         if not isinstance(body, dict):
             problems.append(f"`{sname}` must be a mapping of keys, got {body!r}")
             continue
-        section = getattr(cfg, sname)
-        hints = typing.get_type_hints(type(section))
-        names = [f.name for f in dataclasses.fields(section)]
-        for key, value in body.items():
-            if key not in hints:
-                problems.append(f"unknown key `{sname}.{key}`{_hint(str(key), names, sname + '.')}")
-                continue
-            setattr(section, key, _coerce(value, hints[key], f"`{sname}.{key}`", problems))
+        fill_section(getattr(cfg, sname), body, sname + ".", problems)
     for sname, key in sorted(REQUIRED):
         if not getattr(getattr(cfg, sname), key):
             problems.append(f"`{sname}.{key}` is required")

@@ -12,6 +12,7 @@ from typing import Any
 
 from .config import Config, dump_config
 from .data import load_records, split_records
+from .data.convert import write_raw
 from .errors import ConfigError, RunDirError
 from .files import atomic_write_json, sha256_text
 from .logs import get_logger
@@ -20,6 +21,39 @@ from .runcard import RUN_CARD, RunCard, write_run_card
 from .templates import ChatFormat, Example, encode_all, resolve_template
 
 log = get_logger(__name__)
+
+
+def _load_data(cfg: Config) -> tuple[list[Any], Any]:
+    """Validated conversations, cleaned first when ``data.clean`` names a recipe."""
+    from .data.clean import clean_records, load_recipe
+
+    cleaning = None
+    prepare = None
+    if cfg.data.clean:
+        recipe = load_recipe(cfg.data.clean)
+
+        def prepare(raw: list[Any]) -> list[Any]:
+            nonlocal cleaning
+            cleaning = clean_records(raw, recipe)
+            log.info(
+                "cleaning: %d → %d records, removed %s",
+                len(raw),
+                len(cleaning.records),
+                cleaning.report["removed"],
+            )
+            return [(None, r) for r in cleaning.records]
+
+    convs = load_records(cfg.data.path, cfg.data.format, cfg.data.system_prompt, prepare)
+    if cfg.data.limit:
+        convs = convs[: cfg.data.limit]
+    return convs, cleaning
+
+
+def _clean_summary(cfg: Config, cleaning: Any) -> dict[str, Any] | None:
+    if not cleaning:
+        return None
+    rep = cleaning.report
+    return {"recipe": cfg.data.clean, "report_fingerprint": rep["fingerprint"], "removed": rep["removed"]}
 
 
 def prepare_run_dir(cfg: Config) -> Path:
@@ -171,14 +205,15 @@ def run_train(cfg: Config) -> Path:
     from transformers.integrations import TensorBoardCallback
     from transformers.trainer_utils import get_last_checkpoint
 
-    convs = load_records(cfg.data.path, cfg.data.format, cfg.data.system_prompt)  # validate first
-    if cfg.data.limit:
-        convs = convs[: cfg.data.limit]
+    convs, cleaning = _load_data(cfg)  # validate (and clean) before anything else
     fingerprint = data_fingerprint(convs)
     run_dir = prepare_run_dir(cfg)
     if cfg.train.resume:
         _check_resume(run_dir, fingerprint)
     dump_config(cfg, run_dir / "config.yaml")
+    if cleaning:
+        atomic_write_json(run_dir / "clean_report.json", cleaning.report)
+        write_raw(cleaning.removed, run_dir / "removed.jsonl")
     train_convs, val_convs = split_records(convs, cfg.data.val_fraction, cfg.data.seed)
 
     device = pick_device(cfg.train.device)
@@ -278,6 +313,7 @@ def run_train(cfg: Config) -> Path:
             "fingerprint": fingerprint,
             "train_records": train_rep.kept,
             "validation_records": val_rep.kept,
+            "clean": _clean_summary(cfg, cleaning),
         },
         metrics=metrics,
         method="lora",

@@ -1,5 +1,7 @@
 """Readers that turn alpaca / sharegpt / OpenAI-messages records into one canonical form.
 
+Files may be JSON, JSON Lines or CSV (alpaca columns only).
+
 The canonical form of a record is a list of messages ``{"role": ..., "content": ...}`` with an
 optional leading system message, then user/assistant turns alternating and ending with the
 assistant. Every record is validated; a bad one raises ``DatasetError`` naming file and record.
@@ -7,7 +9,10 @@ assistant. Every record is validated; a bad one raises ``DatasetError`` naming f
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -138,27 +143,83 @@ def validate_conversation(msgs: Conversation) -> None:
         raise _Bad("conversation must end with an assistant turn")
 
 
-def _raw_records(path: Path) -> list[tuple[int | None, Any]]:
-    """Return (line number or None, object) pairs from a .json or .jsonl file."""
+# ---------------------------------------------------------------------------------------------
+# Reading files: .json / .jsonl / .csv, with clear errors for the usual ways a file goes wrong.
+
+SUPPORTED_EXTENSIONS = (".json", ".jsonl", ".csv")
+MAX_FIELD_CHARS = 1_000_000
+"""Longest string (in characters, about 1 MB of text) a record may hold in any field."""
+
+_DETECT_BYTES = 256 * 1024  # enough text for charset_normalizer; the whole file can take seconds
+_CSV_FIELD_LIMIT = 2**31 - 1  # the csv module's own 128 KiB default would reject long answers
+_CSV_SYNONYMS = {"prompt": "instruction", "question": "instruction", "response": "output", "answer": "output"}
+_CHINESE_CODECS = {"gb18030", "gbk", "gb2312"}
+
+RawRecord = tuple[int | None, Any]  # (line number or None, parsed record)
+
+
+def _iconv_name(codec: str) -> str:
+    if codec in _CHINESE_CODECS:
+        return "GB18030"  # a superset of GBK and GB2312, so it decodes all three
+    return {"latin_1": "ISO-8859-1"}.get(
+        codec, codec.upper().replace("_", "-").replace("ISO8859", "ISO-8859")
+    )
+
+
+def _guess_encoding(raw: bytes, bad_byte: int) -> str | None:
+    """Best guess of a non-UTF-8 file's encoding, from a sample around the first bad byte."""
+    from charset_normalizer import from_bytes
+
+    # Start at a line boundary so multi-byte characters are not cut; near the start of the
+    # file start at 0 so a UTF-16 file stays aligned on its code units.
+    lo = 0 if bad_byte < 65536 else raw.rfind(b"\n", 0, bad_byte) + 1
+    sample = raw[lo : lo + _DETECT_BYTES]
+    for cut in range(4):  # the sample may end inside a multi-byte character
+        best = from_bytes(sample[: len(sample) - cut] if cut else sample).best()
+        if best is not None:
+            return None if best.encoding in ("ascii", "utf_8") else best.encoding
+        if len(sample) < _DETECT_BYTES:
+            break
+    return None
+
+
+def _not_utf8_message(path: Path, raw: bytes, err: UnicodeDecodeError) -> str:
+    line = raw.count(b"\n", 0, err.start) + 1
+    where = f"invalid byte 0x{raw[err.start]:02x} at line {line}, byte offset {err.start}"
+    codec = _guess_encoding(raw, err.start)
+    if codec is None:
+        return f"file is not UTF-8 ({where}) and its encoding could not be detected; save it as UTF-8"
+    label = "GB18030/GBK" if codec in _CHINESE_CODECS else _iconv_name(codec)
+    out = path.with_name(f"{path.stem}.utf8{path.suffix}")
+    return (
+        f"file is not UTF-8 ({where}; looks like {label}); convert it with: "
+        f"iconv -f {_iconv_name(codec)} -t UTF-8 {shlex.quote(str(path))} > {shlex.quote(str(out))}"
+    )
+
+
+def _read_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise DatasetError("file not found", str(path)) from None
+    except OSError as e:
+        raise DatasetError(f"cannot read the file ({e.strerror or e})", str(path)) from None
+    try:
+        return raw.decode("utf-8-sig")  # a BOM (Windows Notepad, Excel) is not part of the data
     except UnicodeDecodeError as e:
-        raise DatasetError(f"not UTF-8 text ({e.reason} at byte {e.start})", str(path)) from None
-    if path.suffix.lower() == ".jsonl":
-        out = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    out.append((lineno, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise DatasetError(f"line {lineno}: invalid JSON ({e.msg})", str(path)) from None
-        return out
+        raise DatasetError(_not_utf8_message(path, raw, e), str(path)) from None
+
+
+def _parse_json(text: str, path: Path) -> list[tuple[int | None, Any]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DatasetError(f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}", str(path)) from None
+        hint = "; one JSON object per line belongs in a .jsonl file" if e.msg == "Extra data" else ""
+        raise DatasetError(
+            f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}{hint}", str(path)
+        ) from None
+    except RecursionError:
+        raise DatasetError("JSON is nested too deeply to read", str(path)) from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
@@ -166,29 +227,205 @@ def _raw_records(path: Path) -> list[tuple[int | None, Any]]:
     return [(None, r) for r in data]
 
 
-def load_records(path: str | Path, fmt: str = "auto", system_prompt: str | None = None) -> list[Conversation]:
-    """Load and validate every record of a .json / .jsonl file.
+def _parse_jsonl(text: str, path: Path) -> list[tuple[int | None, Any]]:
+    out: list[tuple[int | None, Any]] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                out.append((lineno, json.loads(line)))
+            except json.JSONDecodeError as e:
+                msg = f"line {lineno}: invalid JSON at column {e.colno} ({e.msg})"
+                raise DatasetError(msg, str(path)) from None
+            except RecursionError:
+                raise DatasetError(f"line {lineno}: JSON is nested too deeply", str(path)) from None
+    return out
+
+
+def _csv_header(row: list[str] | None, path: Path) -> list[str]:
+    header = [c.strip() for c in row or []]
+    if not any(header):
+        raise DatasetError("no header row; the first row must name the columns", str(path))
+    blank = [i + 1 for i, c in enumerate(header) if not c]
+    dupes = sorted({c for c in header if header.count(c) > 1})
+    if blank or dupes:
+        problem = f"column(s) {blank} have no name" if blank else f"duplicate column(s) {', '.join(dupes)}"
+        raise DatasetError(f"bad header row: {problem} (found: {', '.join(header)})", str(path))
+    return header
+
+
+def _parse_csv(text: str, path: Path) -> list[tuple[int | None, Any]]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    # field_size_limit is process-wide; raise it only while reading, lengths are checked per record.
+    previous = csv.field_size_limit(_CSV_FIELD_LIMIT)
+    try:
+        first = next((row for row in reader if any(cell.strip() for cell in row)), None)
+        header = _csv_header(first, path)
+        out: list[tuple[int | None, Any]] = []
+        start = reader.line_num + 1
+        for row in reader:
+            if any(cell.strip() for cell in row):
+                if len(row) != len(header):
+                    raise DatasetError(
+                        f"line {start}: {len(row)} fields but the header has {len(header)} "
+                        f"({', '.join(header)}); check the quoting of that row",
+                        str(path),
+                        len(out),
+                    )
+                out.append((start, dict(zip(header, row, strict=True))))
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise DatasetError(f"line {reader.line_num}: invalid CSV ({e})", str(path)) from None
+    finally:
+        csv.field_size_limit(previous)
+    if not out:
+        msg = f"no data rows below the header ({', '.join(header)}); the first row must name the columns"
+        raise DatasetError(msg, str(path))
+    return out
+
+
+_PARSERS: dict[str, Callable[[str, Path], list[tuple[int | None, Any]]]] = {
+    ".json": _parse_json,
+    ".jsonl": _parse_jsonl,
+    ".csv": _parse_csv,
+}
+
+
+def _oversized_field(rec: Any) -> tuple[str, int] | None:
+    """The first string anywhere in ``rec`` longer than MAX_FIELD_CHARS, as (field path, length)."""
+    stack: list[tuple[str, Any]] = [("", rec)]  # iterative: deep nesting must not hit the recursion limit
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            if len(value) > MAX_FIELD_CHARS:
+                return where, len(value)
+        elif isinstance(value, dict):
+            stack.extend((f"{where}.{k}" if where else str(k), v) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+    return None
+
+
+def check_raw_record(rec: Any, path: str | Path, index: int, lineno: int | None = None) -> dict[str, Any]:
+    """Return ``rec`` if it is an object whose strings all fit in ``MAX_FIELD_CHARS``.
+
+    Raises:
+        DatasetError: naming the file, record index (and line), and the field that is too long.
+    """
+    where = f" (line {lineno})" if lineno else ""
+    if not isinstance(rec, dict):
+        raise DatasetError(f"record must be an object, got {type(rec).__name__}{where}", str(path), index)
+    big = _oversized_field(rec)
+    if big:
+        raise DatasetError(
+            f"field {big[0]!r} is {big[1]:,} characters long, over the limit of {MAX_FIELD_CHARS:,}{where}; "
+            "split this record into smaller ones or drop it",
+            str(path),
+            index,
+        )
+    return rec
+
+
+def read_raw(path: str | Path) -> list[RawRecord]:
+    """Read the records of a .json, .jsonl or .csv file without interpreting or checking them.
+
+    JSON: an array of objects (or an object whose ``data`` key holds the array). JSON Lines: one
+    object per line, blank lines ignored. CSV: a header row, then one record per row as a dict of
+    column -> string. All must be UTF-8 (a leading BOM is allowed). Records are returned as
+    parsed, so a caller that reports bad records can see them; ``check_raw_record`` checks one
+    (an object, no string over ``MAX_FIELD_CHARS``), as ``load_records`` does for every record.
 
     Args:
         path: the data file.
-        fmt: "auto" or a registered format name (see ``FORMATS``).
-        system_prompt: added as the system message to records that have none.
+
+    Returns:
+        (line number, record) pairs; the line number is None for JSON arrays.
 
     Raises:
-        DatasetError: naming the file, the record index (and line for JSONL) and the field.
+        DatasetError: the file is missing, empty, not UTF-8 (with the likely encoding and an
+            ``iconv`` command), malformed (with line and column), or has an unsupported
+            extension; a CSV file without a usable header or with a row of the wrong width.
+    """
+    path = Path(path)
+    parse = _PARSERS.get(path.suffix.lower())
+    if parse is None:
+        raise DatasetError(
+            f"unsupported file type {path.suffix or '(no extension)'!r}; "
+            f"supported: {', '.join(SUPPORTED_EXTENSIONS)}",
+            str(path),
+        )
+    text = _read_text(path)
+    if not text.strip():
+        raise DatasetError("file is empty", str(path))
+    return parse(text, path)
+
+
+_raw_records = read_raw  # the old private name
+
+
+def alpaca_from_csv(records: list[RawRecord], path: str | Path) -> list[RawRecord]:
+    """Rename the columns of CSV rows (from ``read_raw``) to alpaca fields.
+
+    Column names match in any case; prompt or question stands for instruction, and response or
+    answer for output, where the alpaca column itself is absent. Other columns are kept.
+
+    Raises:
+        DatasetError: instruction and output cannot both be found; names the columns found.
+    """
+    columns = list(records[0][1]) if records else []
+    names = {c: c.strip().lower() for c in columns}
+    for c, low in names.items():
+        if low in _CSV_SYNONYMS and _CSV_SYNONYMS[low] not in names.values():
+            names[c] = _CSV_SYNONYMS[low]
+    if records and not {"instruction", "output"} <= set(names.values()):
+        raise DatasetError(
+            f"CSV columns found: {', '.join(columns)}; expected a header with instruction and output "
+            "(optional: input, system), or prompt and response, or question and answer; "
+            "the first row must be a header naming the columns",
+            str(path),
+        )
+    return [(lineno, {names[k]: v for k, v in rec.items()}) for lineno, rec in records]
+
+
+def load_records(
+    path: str | Path,
+    fmt: str = "auto",
+    system_prompt: str | None = None,
+    prepare: Callable[[list[RawRecord]], list[RawRecord]] | None = None,
+) -> list[Conversation]:
+    """Load and validate every record of a .json, .jsonl or .csv file.
+
+    A CSV file holds alpaca-style records: columns instruction and output (optional input,
+    system), or prompt and response, or question and answer (column names in any case).
+
+    Args:
+        path: the data file.
+        fmt: "auto" or a registered format name (see ``FORMATS``); a CSV file is always alpaca.
+        system_prompt: added as the system message to records that have none.
+        prepare: applied to the raw records before they are validated (e.g. cleaning).
+
+    Raises:
+        DatasetError: naming the file, the record index (and line for JSONL/CSV) and the field.
     """
     path = Path(path)
     if fmt != "auto":
         FORMATS.get(fmt)  # unknown names fail early with the list of choices
+    records = read_raw(path)
+    if path.suffix.lower() == ".csv":
+        if fmt not in ("auto", "alpaca"):
+            raise DatasetError(
+                f"a CSV file holds alpaca records; format {fmt!r} needs .json or .jsonl", str(path)
+            )
+        records, fmt = alpaca_from_csv(records, path), "alpaca"
+    if prepare is not None:
+        records = prepare(records)
     convs = []
-    for index, (lineno, rec) in enumerate(_raw_records(path)):
-        where = f" (line {lineno})" if lineno else ""
+    for index, (lineno, rec) in enumerate(records):
+        check_raw_record(rec, path, index, lineno)
         try:
-            if not isinstance(rec, dict):
-                raise _Bad(f"record must be an object, got {type(rec).__name__}")
             msgs = FORMATS.get(detect_format(rec) if fmt == "auto" else fmt)(rec)
             validate_conversation(msgs)
         except _Bad as e:
+            where = f" (line {lineno})" if lineno else ""
             raise DatasetError(f"{e}{where}", str(path), index) from None
         if system_prompt and msgs[0]["role"] != "system":
             msgs.insert(0, {"role": "system", "content": system_prompt})
