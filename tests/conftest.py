@@ -88,3 +88,19 @@ def tiny_llama(tmp_path_factory) -> Path:
 def write_json(path: Path, obj) -> Path:
     path.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_qwen) -> Path:
+    """A finished run directory: the tiny Qwen2 model after a few LoRA steps (greedy defaults)."""
+    from tunesmith.config import load_config
+    from tunesmith.train import run_train
+
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    cfg = load_config(None, [
+        f"model.source={tiny_qwen}", f"data.path={EXAMPLE_DATA}", "data.limit=32",
+        "data.system_prompt=现在你要扮演皇帝身边的女人--甄嬛", f"train.output_dir={out}",
+        "train.max_steps=10", "train.learning_rate=3e-3", "train.batch_size=4", "train.grad_accum=1",
+        "train.dtype=float32", "generation.temperature=0", "generation.max_new_tokens=12",
+    ])  # fmt: skip
+    return run_train(cfg)

@@ -54,9 +54,7 @@ class Chatbot:
         input_ids = torch.tensor([ids], device=device)
         tok = self.fmt.tokenizer
         streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-        stop = [self.fmt.eot_id] + [
-            i for i in _as_list(getattr(tok, "eos_token_id", None)) if i != self.fmt.eot_id
-        ]
+        stop = self.stop_ids()
         kwargs = dict(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
@@ -67,12 +65,7 @@ class Chatbot:
             torch.manual_seed(s.seed)
 
         def run() -> None:
-            with torch.inference_mode():
-                if base and self.has_adapter:
-                    with self.model.disable_adapter():
-                        self.model.generate(**kwargs)
-                else:
-                    self.model.generate(**kwargs)
+            self._generate(kwargs, base)
 
         errors: list[BaseException] = []
 
@@ -90,8 +83,64 @@ class Chatbot:
         if errors:
             raise errors[0]
 
+    def stop_ids(self) -> list[int]:
+        """Token ids that end an answer: the template's end-of-turn token first, then eos."""
+        eos = _as_list(getattr(self.fmt.tokenizer, "eos_token_id", None))
+        return [self.fmt.eot_id] + [i for i in eos if i != self.fmt.eot_id]
+
+    def _generate(self, kwargs: dict[str, Any], base: bool) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            if base and self.has_adapter:
+                with self.model.disable_adapter():
+                    return self.model.generate(**kwargs)
+            return self.model.generate(**kwargs)
+
+    def generate_batch(
+        self, convs: list[Conversation], sampling: Sampling | None = None, base: bool = False
+    ) -> list[Generation]:
+        """Answer several conversations in one left-padded batch.
+
+        Greedy results equal one-at-a-time generation; sampling draws differ by construction.
+        """
+        import torch
+
+        s = sampling or self.defaults
+        tok = self.fmt.tokenizer
+        prompts = [self.fmt.encode_prompt(self.with_system(c)) for c in convs]
+        width = max(len(p) for p in prompts)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else self.fmt.eot_id
+        device = next(self.model.parameters()).device
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        if s.seed is not None:
+            torch.manual_seed(s.seed)
+        stop = self.stop_ids()
+        out = self._generate(dict(input_ids=ids, attention_mask=mask, **s.generate_kwargs(stop, pad)), base)
+        results = []
+        for row in out[:, width:].tolist():
+            end = next((i for i, t in enumerate(row) if t in stop), None)
+            tokens = row if end is None else row[:end]
+            text = tok.decode(tokens, skip_special_tokens=True).strip()
+            results.append(Generation(text, len(tokens), prompt_tokens=0, stopped=end is not None))
+        for r, p in zip(results, prompts, strict=True):
+            r.prompt_tokens = len(p)
+        return results
+
     def answer(self, msgs: Conversation, sampling: Sampling | None = None, base: bool = False) -> str:
         return "".join(self.stream(msgs, sampling, base)).strip()
+
+
+@dataclass
+class Generation:
+    """One generated answer: its text, token counts, and whether it ended with a stop token
+    (False means it ran into ``max_new_tokens``)."""
+
+    text: str
+    completion_tokens: int
+    prompt_tokens: int
+    stopped: bool
 
 
 def _as_list(x: Any) -> list[int]:
