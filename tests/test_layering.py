@@ -7,6 +7,15 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "tunesmith"
 
+# what the training helpers (methods, optim, callbacks, ...) must never import
+TRAIN_SIDE = {"train", "inference", "chat", "serving", "webui", "evaluation", "export", "cli"} | {
+    "cli_data",
+    "cli_eval",
+    "cli_serve",
+    "cli_export",
+    "cli_tune",
+}
+
 # module -> tunesmith modules it must never import
 FORBIDDEN = {
     "config": {"data", "templates", "modeling", "train", "inference", "chat", "cli"},
@@ -17,8 +26,31 @@ FORBIDDEN = {
     "modeling": {"train", "inference", "chat", "cli"},
     "generation": {"train", "inference", "chat", "cli"},
     "train": {"inference", "chat", "cli"},
-    "inference": {"train", "cli"},
+    "inference": {"train", "export", "cli"},
     "chat": {"train", "cli"},
+    # evaluation sits beside train (which calls it for eval.at_end), below the CLI and the servers
+    "evaluation": {"train", "chat", "cli", "cli_data", "cli_eval", "serving", "webui"},
+    "metrics": {"modeling", "inference", "train", "evaluation", "cli", "cli_eval", "serving", "webui"},
+    # the servers answer with finished runs: never training, evaluation, export or the CLI
+    "serving": {"train", "evaluation", "export", "cli", "cli_data", "cli_eval", "cli_serve", "webui"},
+    "webui": {"train", "evaluation", "export", "cli", "cli_data", "cli_eval", "cli_serve"},
+    "cli_serve": {"train", "evaluation", "export", "cli"},
+    # export reads finished runs (inference, modeling, templates, data); it never trains or serves
+    "export": {"train", "evaluation", "evaluate", "chat", "serving", "webui", "cli", "cli_data", "cli_eval"}
+    | {"cli_serve", "cli_export"},
+    "cli_export": {"train", "evaluation", "evaluate", "serving", "webui", "cli"},
+    # train-side helpers: below train, never serving, the web UI or the CLI
+    "methods": TRAIN_SIDE,
+    "optim": TRAIN_SIDE,
+    "callbacks": TRAIN_SIDE,
+    "checkpoints": TRAIN_SIDE,
+    "replay": TRAIN_SIDE,
+    "distributed": TRAIN_SIDE,
+    "classify": TRAIN_SIDE - {"train"},  # beside train: shares its run-dir helpers
+    "tune": TRAIN_SIDE - {"train"},  # runs train's trials
+    "cli_tune": {"cli", "serving", "webui", "cli_serve"},
+    # full-weight runs are loaded by inference; it sits below inference
+    "fullweights": {"train", "inference", "chat", "cli", "serving", "webui", "evaluation", "export"},
 }
 
 

@@ -107,8 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_chat)
 
     from .cli_data import add_data_parser
+    from .cli_eval import add_eval_parser
+    from .cli_export import add_export_parser
+    from .cli_serve import add_serve_parsers
+    from .cli_tune import add_tune_parser
 
     add_data_parser(sub)
+    add_eval_parser(sub)
+    add_serve_parsers(sub)
+    add_export_parser(sub)
+    add_tune_parser(sub)
     return parser
 
 

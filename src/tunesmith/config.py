@@ -37,6 +37,9 @@ class ModelConfig:
         None, "override the tokenizer's chat template: 'chatml', a .jinja file, or Jinja text"
     )
     trust_remote_code: bool = _f(False, "allow custom modelling code from the model repository")
+    task: Literal["chat", "classification"] = _f(
+        "chat", "chat: a causal LM on conversations; classification: a sequence classifier on text + label"
+    )
 
 
 @dataclass
@@ -51,6 +54,10 @@ class DataConfig:
     max_length: int = _f(384, "maximum tokens per example; longer ones are truncated and counted")
     limit: int | None = _f(None, "use only the first N records (quick experiments)")
     clean: str | None = _f(None, "clean before training: 'default' or a cleaning recipe YAML file")
+    replay_path: str | None = _f(None, "general-purpose data mixed into training against forgetting")
+    replay_ratio: float = _f(0.0, "share of the training examples drawn from replay_path (e.g. 0.2)")
+    text_field: str = _f("text", "classification: the field (column) holding the text")
+    label_field: str = _f("label", "classification: the field (column) holding the label")
 
 
 @dataclass
@@ -59,6 +66,15 @@ class LoraConfig:
     alpha: int = _f(32, "LoRA alpha (scaling = alpha / r)")
     dropout: float = _f(0.1, "dropout on the LoRA branch")
     target_modules: list[str] = _f(DEFAULT_LORA_TARGETS, "module names that get adapters")
+    method: Literal[
+        "lora", "dora", "rslora", "loraplus", "full", "freeze", "prompt_tuning", "p_tuning", "qlora"
+    ] = _f("lora", "training method (see docs/training.md); full and freeze save full weights")
+    loraplus_lr_ratio: float = _f(16.0, "loraplus: learning rate of the B matrices = ratio × learning_rate")
+    train_layers: int | None = _f(None, "freeze: train only the last N transformer layers")
+    train_modules: list[str] = _f([], "freeze: also train these modules (dotted names, e.g. lm_head)")
+    virtual_tokens: int = _f(20, "prompt_tuning / p_tuning: number of trained virtual tokens")
+    prompt_init: str | None = _f(None, "prompt_tuning: initialise the virtual tokens from this text")
+    merge: bool = _f(False, "also write the adapter merged into the base weights to RUN_DIR/merged")
 
 
 @dataclass
@@ -76,16 +92,28 @@ class TrainConfig:
     logging_steps: int = _f(10, "log every N optimizer steps")
     save_steps: int = _f(100, "checkpoint every N optimizer steps")
     eval_steps: int | None = _f(None, "evaluate every N steps (default: save_steps)")
+    early_stopping_patience: int | None = _f(
+        None, "stop after this many evaluations without a better validation loss (null: off)"
+    )
+    early_stopping_min_delta: float = _f(0.0, "early stopping: smaller validation-loss gains count as none")
     save_total_limit: int | None = _f(3, "keep at most this many checkpoints")
     seed: int = _f(42, "training seed")
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "where to train")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
         "auto", "compute dtype; auto = bf16 where the hardware supports it, else fp32"
     )
-    gradient_checkpointing: bool = _f(False, "trade compute for memory")
+    gradient_checkpointing: bool = _f(
+        False, "trade compute for memory (slower; only when memory requires it)"
+    )
+    unpadded: bool = _f(True, "run each sequence without padding tokens (exact; same loss and gradients)")
+    label_logits_only: bool = _f(True, "compute LM-head logits only where labels exist (exact)")
     resume: bool = _f(False, "continue from the latest checkpoint in output_dir")
     overwrite: bool = _f(False, "replace a finished run in output_dir")
     trainer_args: dict[str, Any] = _f({}, "extra transformers.TrainingArguments (escape hatch)")
+    lr_multipliers: dict[str, float] = _f(
+        {}, "learning-rate factor by parameter-name regex, first match wins (e.g. {embed_tokens: 0.1})"
+    )
+    layer_lr_decay: float = _f(1.0, "layer i of L learns at decay^(L-1-i) × the rate, embeddings decay^L")
 
 
 @dataclass
@@ -99,12 +127,45 @@ class GenerationConfig:
 
 
 @dataclass
+class EvalConfig:
+    at_end: bool = _f(
+        False, "after training, evaluate base vs fine-tuned and put headline metrics in the run card"
+    )
+    data: str | None = _f(None, "evaluation data file (default: the validation split)")
+    general: str | None = _f(None, "general-purpose data file: perplexity before/after shows forgetting")
+    limit: int | None = _f(64, "evaluate at most this many records (null: all)")
+    samples: int = _f(5, "sample answers shown side by side in the report")
+    batch_size: int = _f(32, "prompts per generation batch")
+
+
+DEFAULT_TUNE_SPACE = {
+    "train.learning_rate": {"low": 1e-5, "high": 1e-3, "log": True},
+    "lora.r": [4, 8, 16, 32],
+    "lora.alpha": [8, 16, 32, 64],
+    "lora.dropout": {"low": 0.0, "high": 0.2},
+    "train.epochs": {"low": 1, "high": 3},
+}
+
+
+@dataclass
+class TuneConfig:
+    trials: int = _f(20, "number of trials (`tunesmith tune --trials N` overrides)")
+    space: dict[str, Any] = _f(
+        DEFAULT_TUNE_SPACE, "search space: section.key -> [choices] or {low, high, log?, step?}"
+    )
+    pruner: Literal["median", "none"] = _f("median", "stop trials whose validation loss trails the median")
+    seed: int = _f(42, "seed of the search (Optuna's TPE sampler)")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -206,13 +267,79 @@ def _build(raw: dict[str, Any], source: str | None) -> Config:
     return cfg
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _regex(pattern: Any) -> bool:
+    import re
+
+    try:
+        re.compile(pattern)
+        return True
+    except (re.error, TypeError):
+        return False
+
+
 def _check_ranges(cfg: Config) -> list[str]:
-    d, t, g, lo = cfg.data, cfg.train, cfg.generation, cfg.lora
+    d, t, g, lo, ev = cfg.data, cfg.train, cfg.generation, cfg.lora, cfg.eval
     checks = [
         (lambda: 0 <= d.val_fraction < 1, "`data.val_fraction` must be in [0, 1)"),
         (lambda: d.max_length >= 8, "`data.max_length` must be at least 8"),
+        (lambda: 0 <= d.replay_ratio < 1, "`data.replay_ratio` must be in [0, 1)"),
+        (
+            lambda: (
+                cfg.model.task != "classification"
+                or lo.method in ("lora", "dora", "rslora", "loraplus", "full", "freeze")
+            ),
+            f"`model.task: classification` trains with lora, dora, rslora, loraplus, full or freeze, "
+            f"not `lora.method: {lo.method}`",
+        ),
+        (
+            lambda: (
+                cfg.model.task != "classification" or not (lo.merge or d.replay_path or d.clean or ev.at_end)
+            ),
+            "`model.task: classification` does not take `lora.merge`, `data.replay_path`, `data.clean` "
+            "or `eval.at_end` (they are for chat models); remove them",
+        ),
+        (
+            lambda: bool(d.replay_path) == (d.replay_ratio > 0),
+            "`data.replay_path` and `data.replay_ratio` go together: set both (e.g. replay_ratio: 0.2) "
+            "or neither",
+        ),
+        (
+            lambda: all(_number(v) and v >= 0 for v in t.lr_multipliers.values()),
+            "`train.lr_multipliers` values must be numbers >= 0",
+        ),
+        (
+            lambda: all(_regex(k) for k in t.lr_multipliers),
+            "`train.lr_multipliers` keys must be regular expressions over parameter names",
+        ),
+        (lambda: 0 < t.layer_lr_decay <= 1, "`train.layer_lr_decay` must be in (0, 1]"),
         (lambda: lo.r >= 1, "`lora.r` must be >= 1"),
         (lambda: 0 <= lo.dropout < 1, "`lora.dropout` must be in [0, 1)"),
+        (lambda: lo.loraplus_lr_ratio > 0, "`lora.loraplus_lr_ratio` must be > 0"),
+        (lambda: lo.virtual_tokens >= 1, "`lora.virtual_tokens` must be >= 1"),
+        (lambda: lo.train_layers is None or lo.train_layers >= 1, "`lora.train_layers` must be >= 1"),
+        (
+            lambda: lo.method != "freeze" or lo.train_layers or lo.train_modules,
+            "`lora.method: freeze` needs `lora.train_layers` (train the last N layers) "
+            "and/or `lora.train_modules` (e.g. [lm_head])",
+        ),
+        (
+            lambda: not lo.merge or lo.method not in ("prompt_tuning", "p_tuning"),
+            f"`lora.merge` cannot fold the virtual tokens of `lora.method: {lo.method}` into the weights; "
+            "set lora.merge=false (chat loads the adapter as it is)",
+        ),
+        (
+            lambda: not lo.merge or lo.method != "qlora",
+            "`lora.merge` with `lora.method: qlora` would merge into a 4-bit base; set lora.merge=false "
+            "and merge the adapter onto the full-precision base afterwards",
+        ),
+        (
+            lambda: not lo.merge or lo.method not in ("full", "freeze"),
+            f"`lora.method: {lo.method}` already saves full weights (RUN_DIR/model); drop `lora.merge`",
+        ),
         (lambda: t.batch_size >= 1, "`train.batch_size` must be >= 1"),
         (lambda: t.grad_accum >= 1, "`train.grad_accum` must be >= 1"),
         (lambda: 0 <= t.warmup_ratio < 1, "`train.warmup_ratio` must be in [0, 1)"),
@@ -221,9 +348,32 @@ def _check_ranges(cfg: Config) -> list[str]:
             lambda: t.save_steps >= 1 and t.logging_steps >= 1,
             "`train.save_steps` and `train.logging_steps` must be >= 1",
         ),
+        (
+            lambda: t.early_stopping_patience is None or t.early_stopping_patience >= 1,
+            "`train.early_stopping_patience` must be >= 1 (or null: off)",
+        ),
+        (lambda: t.early_stopping_min_delta >= 0, "`train.early_stopping_min_delta` must be >= 0"),
+        (
+            lambda: not t.early_stopping_patience or d.val_fraction > 0,
+            "`train.early_stopping_patience` watches the validation loss: set `data.val_fraction` > 0",
+        ),
+        (
+            lambda: not t.early_stopping_patience or t.save_steps % (t.eval_steps or t.save_steps) == 0,
+            "with `train.early_stopping_patience`, `train.save_steps` must be a multiple of "
+            "`train.eval_steps` so that the best evaluation has a checkpoint to keep",
+        ),
         (lambda: g.temperature >= 0, "`generation.temperature` must be >= 0"),
         (lambda: 0 < g.top_p <= 1, "`generation.top_p` must be in (0, 1]"),
         (lambda: g.max_new_tokens >= 1, "`generation.max_new_tokens` must be >= 1"),
+        (lambda: ev.limit is None or ev.limit >= 1, "`eval.limit` must be >= 1 (or null for all)"),
+        (
+            lambda: ev.batch_size >= 1 and ev.samples >= 0,
+            "`eval.batch_size` must be >= 1, `eval.samples` >= 0",
+        ),
+        (
+            lambda: not ev.at_end or ev.data or d.val_fraction > 0,
+            "`eval.at_end` needs held-out data: set `eval.data` or `data.val_fraction` > 0",
+        ),
     ]
     problems = []
     for ok, msg in checks:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .data.formats import Conversation
+from .fullweights import holds_full_weights, load_full_weights
 from .generation import Sampling
 from .logs import get_logger
 from .modeling import load_model, load_tokenizer, pick_device, resolve_source
@@ -91,6 +92,8 @@ class Chatbot:
     def _generate(self, kwargs: dict[str, Any], base: bool) -> Any:
         import torch
 
+        if base and self.card.is_export:
+            raise _no_base_error(self.card)
         with torch.inference_mode():
             if base and self.has_adapter:
                 with self.model.disable_adapter():
@@ -149,6 +152,16 @@ def _as_list(x: Any) -> list[int]:
     return list(x) if isinstance(x, list | tuple) else [x]
 
 
+def _refuse_classifier(run_dir: Path, card: RunCard) -> None:
+    if card.task == "classification":
+        from .errors import RunDirError
+
+        raise RunDirError(
+            f"{run_dir} holds a text classifier (model.task: classification), not a chat model; "
+            "load it with tunesmith.classify.load_classifier"
+        )
+
+
 def load_chatbot(
     run_dir: str | Path, device: str = "auto", dtype: str | None = None, base_only: bool = False
 ) -> Chatbot:
@@ -157,6 +170,9 @@ def load_chatbot(
 
     run_dir = Path(run_dir)
     card = read_run_card(run_dir)
+    _refuse_classifier(run_dir, card)
+    if card.is_export:
+        return load_export(run_dir, card, device, dtype, base_only)
     source = resolve_source(card.base_model["source"], card.base_model.get("revision"))
     if source.content_hash != card.base_model.get("content_hash"):
         log.warning(
@@ -170,8 +186,161 @@ def load_chatbot(
     if fmt.fingerprint != card.template.get("fingerprint"):
         log.warning("chat template fingerprint differs from the run card; answers may drift")
     dev = pick_device(device)
-    model = load_model(source.path, dtype or ("bfloat16" if dev == "cuda" else "float32"), dev)
-    if not base_only:
-        model = PeftModel.from_pretrained(model, str(run_dir / card.adapter))
+    dt = dtype or ("bfloat16" if dev == "cuda" else "float32")
+    if not base_only and holds_full_weights(run_dir / card.adapter):  # lora.method full / freeze
+        model = load_full_weights(run_dir / card.adapter, source.path, dt, dev)
+    else:
+        model = load_model(source.path, dt, dev)
+        if not base_only:
+            model = PeftModel.from_pretrained(model, str(run_dir / card.adapter))
     model.eval()
     return Chatbot(model, fmt, card, Sampling.from_dict(card.generation), has_adapter=not base_only)
+
+
+def _no_base_error(card: RunCard) -> Exception:
+    from .errors import RunDirError
+
+    src = card.export.get("source_run") or "the run directory it was exported from"
+    return RunDirError(
+        "this is a merged export: the fine-tuning is folded into its weights, so there is no base "
+        f"model to switch to. For --base or --compare use {src}."
+    )
+
+
+def quantize_int8(model: Any) -> Any:
+    """Dynamic int8 quantization of every Linear layer (weights int8, activations quantized per
+    call), for CPU inference. Embeddings and norms stay float."""
+    import torch
+    from torch.ao.quantization import quantize_dynamic
+
+    return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def load_export(
+    export_dir: Path, card: RunCard, device: str = "auto", dtype: str | None = None, base_only: bool = False
+) -> Chatbot:
+    """Load a directory written by ``tunesmith export``: merged weights, no adapter, no base model.
+
+    An export made with ``--quantize int8`` (and no ONNX) is quantized to int8 here when it runs
+    on the CPU, since dynamic quantization is applied at load time.
+    """
+    if base_only:
+        raise _no_base_error(card)
+    tokenizer = load_tokenizer(export_dir / card.tokenizer)
+    fmt = ChatFormat(tokenizer, tokenizer.chat_template)
+    if fmt.fingerprint != card.template.get("fingerprint"):
+        log.warning("chat template fingerprint differs from the run card; answers may drift")
+    dev = pick_device(device)
+    model = load_model(export_dir, dtype or ("bfloat16" if dev == "cuda" else "float32"), dev)
+    if card.export.get("quantize") == "int8" and dev == "cpu":
+        model = quantize_int8(model.float())
+    model.eval()
+    return Chatbot(model, fmt, card, Sampling.from_dict(card.generation), has_adapter=False)
+
+
+def read_run(run_dir: str | Path) -> Chatbot:
+    """A run's card, tokenizer, template and sampling defaults without loading any weights.
+
+    The returned Chatbot has ``model=None``: it renders prompts and knows the stop tokens (what a
+    server with its own engine, e.g. vLLM, needs) but cannot generate.
+    """
+    run_dir = Path(run_dir)
+    card = read_run_card(run_dir)
+    _refuse_classifier(run_dir, card)
+    tokenizer = load_tokenizer(run_dir / card.tokenizer)
+    fmt = ChatFormat(tokenizer, tokenizer.chat_template)
+    if fmt.fingerprint != card.template.get("fingerprint"):
+        log.warning("%s: chat template fingerprint differs from the run card; answers may drift", run_dir)
+    return Chatbot(None, fmt, card, Sampling.from_dict(card.generation))
+
+
+@dataclass
+class AdapterChatbot(Chatbot):
+    """A Chatbot over one of several adapters loaded onto one shared base model."""
+
+    adapter_name: str = "default"
+
+    def _generate(self, kwargs: dict[str, Any], base: bool) -> Any:
+        if not base:
+            self.model.set_adapter(self.adapter_name)
+        return super()._generate(kwargs, base)
+
+
+@dataclass
+class AdapterSet:
+    """Several run directories' adapters on one base model in memory.
+
+    Attributes:
+        model: the PeftModel holding every adapter (PEFT names ``a0``, ``a1``, ... in ``runs`` order).
+        bots: one Chatbot per run name, each with its run's template, system prompt and defaults.
+        base_source: the base model source, as resolved.
+    """
+
+    model: Any
+    bots: dict[str, AdapterChatbot]
+    base_source: Any
+
+
+def check_same_base(cards: dict[str, RunCard]) -> str:
+    """The content hash all ``cards`` share; RunDirError naming the odd ones out otherwise."""
+    from .errors import RunDirError
+
+    hashes = {name: c.base_model.get("content_hash") for name, c in cards.items()}
+    first = next(iter(hashes.values()))
+    odd = {n: h for n, h in hashes.items() if h != first or not h}
+    if odd:
+        listing = ", ".join(
+            f"{n}: {c.base_model.get('source')} ({str(hashes[n])[:12]})" for n, c in cards.items()
+        )
+        raise RunDirError(
+            f"adapters that share one base model must be trained on the same base model content; "
+            f"the run cards name different ones ({listing}). Serve them from separate servers."
+        )
+    return str(first)
+
+
+def load_adapter_set(
+    runs: dict[str, str | Path], device: str = "auto", dtype: str | None = None
+) -> AdapterSet:
+    """Load the base model once and every run's adapter onto it.
+
+    Args:
+        runs: name → run directory; the first run's base model source is loaded.
+
+    Raises:
+        RunDirError: a run is unfinished, or the runs were trained on different base models or
+            tokenizer vocabularies.
+    """
+    from peft import PeftModel
+
+    from .errors import RunDirError
+
+    if not runs:
+        raise RunDirError("no run directory given")
+    readers = {name: read_run(path) for name, path in runs.items()}
+    check_same_base({name: bot.card for name, bot in readers.items()})
+    for name, path in runs.items():
+        if holds_full_weights(Path(path) / readers[name].card.adapter):
+            raise RunDirError(
+                f"{path} holds full weights (lora.method {readers[name].card.method}); serve it alone"
+            )
+    vocab = {name: len(bot.fmt.tokenizer) for name, bot in readers.items()}
+    if len(set(vocab.values())) > 1:
+        raise RunDirError(f"the runs' tokenizers have different vocabularies ({vocab}); serve them apart")
+    first = next(iter(readers.values())).card
+    source = resolve_source(first.base_model["source"], first.base_model.get("revision"))
+    if source.content_hash != first.base_model.get("content_hash"):
+        log.warning("base model %s differs from the one the adapters were trained on", source.spec)
+    dev = pick_device(device)
+    model = load_model(source.path, dtype or ("bfloat16" if dev == "cuda" else "float32"), dev)
+    bots: dict[str, AdapterChatbot] = {}
+    for i, (name, path) in enumerate(runs.items()):
+        adapter_dir = str(Path(path) / readers[name].card.adapter)
+        if i == 0:
+            model = PeftModel.from_pretrained(model, adapter_dir, adapter_name=f"a{i}")
+        else:
+            model.load_adapter(adapter_dir, adapter_name=f"a{i}")
+        r = readers[name]
+        bots[name] = AdapterChatbot(model, r.fmt, r.card, r.defaults, adapter_name=f"a{i}")
+    model.eval()
+    return AdapterSet(model, bots, source)

@@ -275,8 +275,14 @@ def load_model(
     return model.to(device)
 
 
-def attach_lora(model: Any, r: int, alpha: int, dropout: float, target_modules: list[str]) -> Any:
-    """Wrap ``model`` with PEFT LoRA adapters; unknown target names fail with the valid ones."""
+def attach_lora(
+    model: Any, r: int, alpha: int, dropout: float, target_modules: list[str], **options: Any
+) -> Any:
+    """Wrap ``model`` with PEFT LoRA adapters; unknown target names fail with the valid ones.
+
+    ``options`` go to ``peft.LoraConfig`` (e.g. ``use_dora=True``, ``use_rslora=True``,
+    ``task_type="SEQ_CLS"``).
+    """
     from peft import LoraConfig, get_peft_model
 
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
@@ -289,6 +295,10 @@ def attach_lora(model: Any, r: int, alpha: int, dropout: float, target_modules: 
 
         raise ConfigError(f"`lora.target_modules` {missing} not in this model; its linear layers: {linear}")
     cfg = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM"
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        **{"task_type": "CAUSAL_LM", **options},
     )
     return get_peft_model(model, cfg)

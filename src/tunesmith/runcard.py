@@ -15,6 +15,7 @@ from .files import atomic_write_json
 
 RUN_CARD = "tunesmith.json"
 FORMAT_VERSION = 1
+EXPORTED = "merged"  # RunCard.method of a directory written by `tunesmith export`
 
 
 @dataclass
@@ -28,8 +29,16 @@ class RunCard:
     adapter: str = "adapter"
     tokenizer: str = "tokenizer"
     method: str = "lora"
+    task: str = "chat"  # or "classification": a sequence classifier (tunesmith.classify), not a chat model
     format_version: int = FORMAT_VERSION
     tunesmith_version: str = ""
+    # Set by `tunesmith export` only: source run, formats, files, checks (see tunesmith.export).
+    export: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_export(self) -> bool:
+        """True for an exported directory: merged weights in the directory itself, no adapter."""
+        return self.method == EXPORTED
 
 
 def write_run_card(run_dir: str | Path, card: RunCard) -> Path:

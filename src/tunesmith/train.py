@@ -10,13 +10,26 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .callbacks import best_model_metrics, early_stopping_callbacks
+from .checkpoints import checkpoint_step, last_complete_checkpoint, trim_metrics
 from .config import Config, dump_config
 from .data import load_records, split_records
 from .data.convert import write_raw
+from .distributed import (
+    barrier,
+    check_deepspeed,
+    check_world_size,
+    is_main,
+    prepare_for_training_after_evaluate,
+)
 from .errors import ConfigError, RunDirError
+from .fastloss import make_trainer
 from .files import atomic_write_json, sha256_text
 from .logs import get_logger
-from .modeling import attach_lora, load_model, load_tokenizer, pick_device, pick_dtype, resolve_source
+from .methods import apply_method, check_method, count_parameters, load_for_training, weights_dir
+from .modeling import load_tokenizer, pick_device, pick_dtype, resolve_source
+from .optim import lr_factor_fn, optimizer_spec
+from .replay import load_replay, mix_replay
 from .runcard import RUN_CARD, RunCard, write_run_card
 from .templates import ChatFormat, Example, encode_all, resolve_template
 
@@ -155,6 +168,7 @@ def _training_args(cfg: Config, run_dir: Path, device: str, dtype: str, has_val:
         report_to="none",  # TensorBoard is attached explicitly to write into the run dir
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
+        prediction_loss_only=True,  # evaluation needs the loss only, never the logits
         disable_tqdm=True,
     )
     # transformers 5 renamed gradient_checkpointing; pass whichever this version knows.
@@ -163,6 +177,9 @@ def _training_args(cfg: Config, run_dir: Path, device: str, dtype: str, has_val:
         "activation_checkpointing" if "activation_checkpointing" in params else "gradient_checkpointing"
     )
     kwargs[ckpt_key] = t.gradient_checkpointing
+    if t.early_stopping_patience:  # keep the best checkpoint and load it when training ends
+        kwargs.update(load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False)
+        kwargs["restore_callback_states_from_checkpoint"] = True  # a resumed run keeps its patience count
     unknown = [k for k in t.trainer_args if k not in params]
     if unknown:
         raise ConfigError(f"`train.trainer_args` has keys TrainingArguments does not know: {unknown}")
@@ -199,22 +216,37 @@ def _save_atomically(save: Any, target: Path) -> None:
     tmp.rename(target)
 
 
-def run_train(cfg: Config) -> Path:
-    """Fine-tune ``cfg.model.source`` on ``cfg.data`` with LoRA; return the finished run dir."""
-    from transformers import DataCollatorForSeq2Seq, Trainer, set_seed
-    from transformers.integrations import TensorBoardCallback
-    from transformers.trainer_utils import get_last_checkpoint
+def run_train(cfg: Config, callbacks: list[Any] | None = None) -> Path:
+    """Fine-tune ``cfg.model.source`` on ``cfg.data`` with LoRA; return the finished run dir.
 
+    ``callbacks``: extra Trainer callbacks (e.g. the pruning of ``tunesmith tune``).
+    """
+    from transformers import DataCollatorForSeq2Seq, set_seed
+    from transformers.integrations import TensorBoardCallback
+
+    if cfg.model.task == "classification":  # a sequence classifier on text + label data
+        from .classify import run_classify
+
+        return run_classify(cfg, callbacks)
+    check_method(cfg.lora, pick_device(cfg.train.device))  # e.g. QLoRA on CPU fails before anything runs
+    check_deepspeed(cfg.train.trainer_args, pick_device(cfg.train.device))
     convs, cleaning = _load_data(cfg)  # validate (and clean) before anything else
-    fingerprint = data_fingerprint(convs)
-    run_dir = prepare_run_dir(cfg)
+    replay = load_replay(cfg.data)
+    if cfg.eval.at_end:
+        from .evaluation import check_eval_inputs
+
+        check_eval_inputs(cfg.eval)  # a bad eval file fails now, not after training
+    fingerprint = data_fingerprint(convs if replay is None else [convs, replay.fingerprint])
+    run_dir = prepare_run_dir(cfg) if is_main() else Path(cfg.train.output_dir)  # DDP: rank 0 writes
     if cfg.train.resume:
         _check_resume(run_dir, fingerprint)
-    dump_config(cfg, run_dir / "config.yaml")
-    if cleaning:
-        atomic_write_json(run_dir / "clean_report.json", cleaning.report)
-        write_raw(cleaning.removed, run_dir / "removed.jsonl")
+    if is_main():
+        dump_config(cfg, run_dir / "config.yaml")
+        if cleaning:
+            atomic_write_json(run_dir / "clean_report.json", cleaning.report)
+            write_raw(cleaning.removed, run_dir / "removed.jsonl")
     train_convs, val_convs = split_records(convs, cfg.data.val_fraction, cfg.data.seed)
+    check_world_size(len(train_convs))  # a DDP launch with more processes than examples
 
     device = pick_device(cfg.train.device)
     dtype = pick_dtype(cfg.train.dtype, device)
@@ -245,12 +277,18 @@ def run_train(cfg: Config) -> Path:
         "train": train_rep.as_dict(),
         "validation": val_rep.as_dict(),
     }
-    atomic_write_json(run_dir / "data_report.json", data_report)
+    if replay is not None:  # general data mixed into training against forgetting
+        train_ex, data_report["replay"] = mix_replay(
+            fmt, train_ex, replay, cfg.data.max_length, cfg.data.seed
+        )
+    if is_main():
+        atomic_write_json(run_dir / "data_report.json", data_report)
+    barrier()  # DDP: the others wait until rank 0 has set up the run dir
 
     set_seed(cfg.train.seed)
-    model = load_model(source.path, "float32", device, cfg.model.trust_remote_code)  # AMP keeps fp32 masters
-    model = attach_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
-    trainable, total = model.get_nb_trainable_parameters()
+    model = load_for_training(source.path, cfg.lora, device, dtype, cfg.model.trust_remote_code)
+    model = apply_method(model, cfg.lora, source.path, cfg.train.gradient_checkpointing)
+    trainable, total = count_parameters(model)
     log.info(
         "device %s, compute dtype %s; trainable parameters %d of %d (%.2f%%)",
         device,
@@ -263,23 +301,30 @@ def run_train(cfg: Config) -> Path:
     metrics_cb = _metrics_callback(run_dir / "metrics.jsonl")
     tensorboard = TensorBoardCallback()
     tensorboard.logging_dir = str(run_dir / "tensorboard")  # it re-opens here after train ends
-    trainer = Trainer(
+    trainer = make_trainer(
+        cfg.train.unpadded,
+        cfg.train.label_logits_only,
         model=model,
         args=args,
         train_dataset=_ListDataset(train_ex),
         eval_dataset=_ListDataset(val_ex) if val_ex else None,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
-        callbacks=[metrics_cb, tensorboard],
+        callbacks=[metrics_cb, tensorboard, *early_stopping_callbacks(cfg.train), *(callbacks or [])],
+        optimizer_cls_and_kwargs=optimizer_spec(model, args, lr_factor_fn(cfg, model)),
     )
-    checkpoint = (
-        get_last_checkpoint(args.output_dir) if cfg.train.resume and Path(args.output_dir).is_dir() else None
-    )
+    # the last checkpoint written completely: a process killed mid-save leaves a partial one
+    checkpoint = None
+    if cfg.train.resume:
+        checkpoint = last_complete_checkpoint(args.output_dir, remove_incomplete=is_main())
     metrics: dict[str, Any] = {}
     if checkpoint:
         log.info("resuming from %s", checkpoint)
-        metrics["eval_loss_before"] = _first_eval_loss(run_dir / "metrics.jsonl")
+        if is_main():  # the steps after the checkpoint are logged again
+            trim_metrics(run_dir / "metrics.jsonl", checkpoint_step(checkpoint))
+            metrics["eval_loss_before"] = _first_eval_loss(run_dir / "metrics.jsonl")
     elif val_ex:
         metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
+        prepare_for_training_after_evaluate(trainer)  # DDP: else train() never wraps the model
     result = trainer.train(resume_from_checkpoint=checkpoint)
     metrics.update(
         train_loss=result.training_loss,
@@ -294,9 +339,15 @@ def run_train(cfg: Config) -> Path:
             if "eval_loss" in h and h.get("step") == trainer.state.global_step
         ]
         metrics["eval_loss"] = final[-1]["eval_loss"] if final else trainer.evaluate()["eval_loss"]
+        metrics.update(best_model_metrics(trainer, run_dir))  # early stopping: the best weights are saved
         metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
 
-    _save_atomically(model.save_pretrained, run_dir / "adapter")
+    if not is_main():  # DDP: one process writes the run dir
+        return run_dir
+    _save_atomically(model.save_pretrained, run_dir / weights_dir(cfg.lora.method))  # adapter or full weights
+    if cfg.lora.merge:
+        _save_atomically(model.merge_and_unload().save_pretrained, run_dir / "merged")
+        tokenizer.save_pretrained(run_dir / "merged")
     _save_atomically(tokenizer.save_pretrained, run_dir / "tokenizer")
     card = RunCard(
         base_model={
@@ -314,10 +365,17 @@ def run_train(cfg: Config) -> Path:
             "train_records": train_rep.kept,
             "validation_records": val_rep.kept,
             "clean": _clean_summary(cfg, cleaning),
+            "replay": data_report.get("replay"),
         },
         metrics=metrics,
-        method="lora",
+        adapter=weights_dir(cfg.lora.method),
+        method=cfg.lora.method,
     )
     write_run_card(run_dir, card)
     log.info("run finished: %s", run_dir)
+    if cfg.eval.at_end:
+        from .evaluation import eval_after_training
+
+        del trainer, model  # free the training copy; the evaluation loads the run as `chat` does
+        eval_after_training(run_dir, cfg.eval, val_convs)
     return run_dir

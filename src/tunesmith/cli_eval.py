@@ -1,0 +1,111 @@
+"""`tunesmith eval`: a thin wrapper over tunesmith.evaluation.run_eval."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+_SAMPLING = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens", "seed")
+
+
+def _at_least(low: int):  # noqa: ANN202
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+_positive = _at_least(1)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation import EvalOptions, parse_sweep, run_eval
+
+    sweep = parse_sweep(args.sweep) if args.sweep is not None else None  # bad specs fail before loading
+    opts = EvalOptions(
+        out_dir=args.out,
+        limit=args.limit,
+        general=args.general,
+        sweep=sweep,
+        samples=args.samples,
+        batch_size=args.batch_size,
+        sampling={k: getattr(args, k) for k in _SAMPLING if getattr(args, k) is not None},
+        base_run=args.base_run,
+        allow_different_base=args.allow_different_base,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    result = run_eval(args.run_dir, args.data, opts)
+    if args.json:
+        print(json.dumps(result.metrics, ensure_ascii=False, indent=2))
+    else:
+        print(summary(result.metrics))
+        print(f"report: {result.out_dir / 'report.html'} (and report.md, metrics.json)")
+    return 0
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    """A few lines of base vs fine-tuned numbers for the terminal."""
+    from .evaluation.report import ROWS
+
+    models = metrics["models"]
+    lines = [f"{'metric':<52} {'base':>10} {'fine-tuned':>10}"]
+    for key, label, _ in ROWS:
+        if key in models["base"] or key in models["fine_tuned"]:
+            cells = [models[s].get(key) for s in ("base", "fine_tuned")]
+            lines.append(
+                f"{label:<52} " + " ".join(f"{v:>10.3f}" if v is not None else f"{'–':>10}" for v in cells)
+            )
+    lines += [f"skipped {k}: {why}" for k, why in metrics.get("skipped", {}).items()]
+    return "\n".join(lines)
+
+
+def add_eval_parser(sub: Any) -> None:
+    """Register `tunesmith eval` on the top-level subparsers."""
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a run against its base model; writes a Markdown/HTML report",
+        description=(
+            "Perplexity on answer tokens, BLEU-4/ROUGE against the reference answers, distinct-n, "
+            "looping and stop rate, base vs fine-tuned, with loss curves and sample answers. "
+            "Example: tunesmith eval runs/quickstart --data val.json --limit 100 --sweep"
+        ),
+    )
+    p.add_argument("run_dir", help="a run directory written by `tunesmith train`")
+    p.add_argument("--data", required=True, help="evaluation data (.json/.jsonl/.csv); answers optional")
+    p.add_argument("--limit", type=_positive, help="evaluate only the first N records")
+    p.add_argument("--general", help="general-purpose data: perplexity before/after shows forgetting")
+    p.add_argument(
+        "--sweep",
+        nargs="*",
+        metavar="KEY=V1,V2",
+        help="also try decoding settings on the fine-tuned model: every combination of the values "
+        "given (keys: temperature, top_p, top_k, repetition_penalty, max_new_tokens); "
+        "alone: temperature=0,0.7 × repetition_penalty=1.0,1.1,1.3",
+    )
+    p.add_argument("--out", help="report directory (default: RUN_DIR/eval)")
+    p.add_argument("--samples", type=_at_least(0), default=5, help="sample answers in the report (default 5)")
+    p.add_argument(
+        "--batch-size", type=_positive, default=32, help="prompts per generation batch (default 32)"
+    )
+    p.add_argument("--base-run", help="compare with this run directory instead of the base model")
+    p.add_argument(
+        "--allow-different-base",
+        action="store_true",
+        help="evaluate even if the base model's weights differ from those trained on",
+    )
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print metrics.json instead of the summary")
+    g = p.add_argument_group("decoding (defaults come from the run card)")
+    g.add_argument("--temperature", type=float, help="0 = greedy")
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--repetition-penalty", type=float)
+    g.add_argument("--max-new-tokens", type=int)
+    g.add_argument("--seed", type=int, help="sampling seed (default 0, so reruns agree)")
+    p.set_defaults(func=cmd_eval)

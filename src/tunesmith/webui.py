@@ -1,0 +1,199 @@
+"""A Gradio chat page over a run directory: history, streaming, sampling controls, base vs fine-tuned.
+
+The page talks to the same serving backend as the API (``tunesmith.serving``), so answers use the
+run card's template, system prompt and end token, concurrent visitors are batched together, and
+the side-by-side mode streams the base model's and the fine-tuned model's answers at once (one
+mixed-adapter batch). It binds 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from .errors import DependencyError
+from .logs import get_logger
+from .serving.backends import Backend, GenRequest, merge_events, sampling_for
+from .serving.protocol import APIError
+
+log = get_logger(__name__)
+
+# System fonts only: the default theme would fetch fonts from the internet on every page view.
+_FONTS = ["ui-sans-serif", "system-ui", "Noto Sans CJK SC", "sans-serif"]
+_MONO = ["ui-monospace", "monospace"]
+
+
+def _gradio() -> Any:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local tool
+    try:
+        import gradio
+    except ImportError:
+        raise DependencyError("the web UI needs Gradio: pip install 'tunesmith[webui]'") from None
+    return gradio
+
+
+def _turns(history: list[Any]) -> list[dict[str, str]]:
+    """Gradio chat messages (dicts or message objects) → plain conversation turns."""
+    out = []
+    for m in history or []:
+        role = m["role"] if isinstance(m, dict) else m.role
+        content = m["content"] if isinstance(m, dict) else m.content
+        out.append({"role": role, "content": content if isinstance(content, str) else str(content)})
+    return out
+
+
+def build_webui(backend: Backend, title: str = "tunesmith") -> Any:
+    """The Gradio Blocks page for ``backend``'s models (the first one is the fine-tuned default)."""
+    gr = _gradio()
+    names = list(backend.models)
+    tuned = [n for n in names if not backend.models[n].is_base]
+    base = next((n for n in names if backend.models[n].is_base), None)
+    first = backend.models[tuned[0] if tuned else names[0]]
+    d = first.bot.defaults
+
+    with gr.Blocks(title=title) as page:
+        gr.Markdown(_header(title, first))
+        with gr.Row():
+            model = gr.Dropdown(names, value=first.name, label="model", elem_id="model", scale=2)
+            compare = gr.Checkbox(
+                False,
+                label=f"side by side: {base} vs the chosen model",
+                elem_id="compare",
+                scale=1,
+                visible=base is not None,  # a merged export has no base model to compare with
+            )
+        with gr.Row():
+            chat_base = gr.Chatbot(label=base or "base", visible=False, elem_id="chat-base", height=420)
+            chat = gr.Chatbot(label="answer", elem_id="chat-main", height=420)
+        with gr.Row():
+            prompt = gr.Textbox(
+                placeholder="Type a message, Enter to send", show_label=False, elem_id="prompt", scale=5
+            )
+            send = gr.Button("Send", variant="primary", elem_id="send", scale=1)
+            clear = gr.Button("Clear", elem_id="clear", scale=1)
+        with gr.Accordion("Sampling", open=False, elem_id="sampling"):
+            with gr.Row():
+                temperature = gr.Slider(0, 2, d.temperature, step=0.05, label="temperature (0 = greedy)")
+                top_p = gr.Slider(0.05, 1, d.top_p, step=0.05, label="top_p")
+                top_k = gr.Slider(0, 200, d.top_k, step=1, label="top_k (0 = off)")
+            with gr.Row():
+                penalty = gr.Slider(1, 2, d.repetition_penalty, step=0.05, label="repetition penalty")
+                limit = min(first.context_len, 4096)
+                max_tokens = gr.Slider(
+                    1, limit, min(d.max_new_tokens, limit), step=1, label="max tokens", elem_id="max-tokens"
+                )
+                guard = gr.Checkbox(False, label="cut answers that loop (repetition guard)")
+
+        async def respond(message: str, main: list, left: list, name: str, both: bool, *knobs: Any) -> Any:
+            if not message or not message.strip():
+                yield gr.update(), main, left
+                return
+            histories = [_turns(main)] + ([_turns(left)] if both else [])
+            chosen = [name] + ([base] if both else [])
+            try:
+                streams = [
+                    _ask(backend, m, h + [{"role": "user", "content": message}], knobs)
+                    for m, h in zip(chosen, histories, strict=True)
+                ]
+            except APIError as e:
+                gr.Warning(e.message)
+                yield gr.update(), main, left
+                return
+            for h in histories:
+                h += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+            shown = lambda: (histories[0], histories[1] if both else left)  # noqa: E731
+            yield "", *shown()
+            async for i, ev in merge_events(streams):
+                if ev.error:
+                    histories[i][-1]["content"] += f"\n\n[error: {ev.error}]"
+                else:
+                    histories[i][-1]["content"] += ev.text
+                    if ev.finish == "repetition":
+                        histories[i][-1]["content"] += " […]"
+                yield "", *shown()
+
+        inputs = [
+            prompt,
+            chat,
+            chat_base,
+            model,
+            compare,
+            temperature,
+            top_p,
+            top_k,
+            penalty,
+            max_tokens,
+            guard,
+        ]
+        outputs = [prompt, chat, chat_base]
+        # No Gradio concurrency limit: the backend queues and batches visitors itself.
+        send.click(respond, inputs, outputs, concurrency_limit=None)
+        prompt.submit(respond, inputs, outputs, concurrency_limit=None)
+        clear.click(lambda: ([], []), None, [chat, chat_base])
+        compare.change(lambda on: gr.update(visible=on), compare, chat_base)
+        model.change(lambda n: gr.update(label=n), model, chat)
+        page.load(lambda n: gr.update(label=n), model, chat)
+    return page
+
+
+def _ask(backend: Backend, name: str, conversation: list[dict[str, str]], knobs: tuple) -> AsyncIterator[Any]:
+    temperature, top_p, top_k, penalty, max_tokens, guard = knobs
+    served = backend.models[name]
+    ids = served.chat_prompt(conversation)
+    room = served.context_len - len(ids)  # the slider is clamped to what the context leaves
+    sampling = sampling_for(
+        served,
+        len(ids),
+        max(1, min(int(max_tokens), room)),
+        temperature=float(temperature),
+        top_p=float(top_p),
+        top_k=int(top_k),
+        repetition_penalty=float(penalty),
+    )
+    return backend.generate(GenRequest(served, ids, sampling, guard=bool(guard), stream=True))
+
+
+def _header(title: str, first: Any) -> str:
+    card = first.bot.card
+    source = card.base_model.get("source", "?") if card else "?"
+    system = (card.system_prompt or "(none)") if card else "(none)"
+    return f"## {title}\nbase model `{source}` · run `{first.run_dir.name}` · system prompt: {system}"
+
+
+def create_webui_app(backend: Backend, title: str = "tunesmith") -> Any:
+    """An ASGI app serving the page at ``/`` (and starting/stopping ``backend`` with it)."""
+    import contextlib
+
+    from .serving.app import _fastapi
+
+    gr = _gradio()
+    fastapi = _fastapi()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        backend.start()
+        yield
+        backend.close()
+
+    app = fastapi.FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    theme = gr.themes.Soft(font=_FONTS, font_mono=_MONO)
+    return gr.mount_gradio_app(app, build_webui(backend, title), path="/", theme=theme, ssr_mode=False)
+
+
+def run_webui(
+    runs: dict[str, str | Path],
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    device: str = "auto",
+    **options: Any,
+) -> None:
+    """Load ``runs`` (name → run dir) and serve the page until interrupted."""
+    from .serving.server import build_backend, run_server
+
+    backend = build_backend(runs, "transformers", device=device, **options)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("the web UI listens on %s: anyone who can reach it can use the model", host)
+    title = f"tunesmith · {next(iter(runs))}"
+    run_server(create_webui_app(backend, title), host, port)

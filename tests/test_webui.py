@@ -1,0 +1,134 @@
+"""The Gradio web UI in headless Chromium (Debian's chromium + Playwright for Python).
+
+Skips cleanly unless both are present:  apt-get install -y chromium  and  pip install playwright
+(no `playwright install`: the system browser is used).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gradio")
+pytest.importorskip("fastapi")
+sync_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = os.environ.get("TUNESMITH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+if not Path(CHROMIUM).is_file():
+    pytest.skip("no chromium (apt-get install -y chromium)", allow_module_level=True)
+
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# Records every text the last answer bubble shows, so the test can see it grow.
+WATCH = """
+(sel) => {
+  window.__seen = [];
+  const target = document.querySelector(sel);
+  new MutationObserver(() => {
+    const bots = target.querySelectorAll('[data-testid="bot"]');
+    if (bots.length) window.__seen.push(bots[bots.length - 1].innerText);
+  }).observe(target, {subtree: true, childList: true, characterData: true});
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def ui(tiny_run):
+    import torch
+
+    from tunesmith.serving.server import ServerThread, build_backend
+    from tunesmith.webui import create_webui_app
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    backend = build_backend({"tiny": tiny_run}, device="cpu")
+    with ServerThread(create_webui_app(backend, "tunesmith · tiny")) as srv:
+        srv.backend = backend
+        yield srv
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def reference(ui, base=False, max_tokens=None):
+    bot = ui.backend.models["tiny"].bot
+    sampling = bot.defaults.updated(max_new_tokens=max_tokens)
+    with ui.backend.lock:
+        text = bot.generate_batch([[{"role": "user", "content": "你是谁？"}]], sampling, base=base)[0].text
+    return text.rstrip("\ufffd")
+
+
+def bot_text(page, chat):
+    return page.locator(f"#{chat} [data-testid='bot']").last.inner_text(timeout=30_000).strip()
+
+
+def ask(page, message="你是谁？"):
+    page.locator("#prompt textarea").fill(message)
+    page.locator("#send").click()
+
+
+def wait_answered(page, chat, expected):
+    page.wait_for_function(
+        "([sel, want]) => { const b = document.querySelectorAll(sel + ' [data-testid=\"bot\"]');"
+        " return b.length && b[b.length - 1].innerText.trim() === want; }",
+        arg=[f"#{chat}", expected],
+        timeout=60_000,
+    )
+
+
+def test_type_a_message_and_see_the_streamed_answer(ui, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page.goto(ui.url + "/")
+    page.wait_for_selector("#prompt textarea")
+    page.get_by_text("Sampling").click()
+    page.locator("#max-tokens input[type=number]").fill("48")  # long enough to watch it stream
+    page.locator("#max-tokens input[type=number]").press("Enter")
+    page.evaluate(WATCH, "#chat-main")
+    ask(page)
+    expected = reference(ui, max_tokens=48)  # the run's defaults are greedy: exactly this answer
+    wait_answered(page, "chat-main", expected)
+    assert bot_text(page, "chat-main") == expected
+    seen = [s.strip() for s in page.evaluate("window.__seen")]
+    partial = {s for s in seen if s and s != expected}
+    assert partial, "the answer arrived in one piece, not streamed"
+    assert all(expected.startswith(s) for s in partial)
+    assert page.locator("#prompt textarea").input_value() == ""
+    shot = tmp_path / "webui.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ask(page, "再说一遍")  # history: a second turn appends, it does not replace
+    page.wait_for_function(
+        "() => document.querySelectorAll('#chat-main [data-testid=\"user\"]').length === 2", timeout=60_000
+    )
+    page.locator("#clear").click()
+    page.wait_for_function(
+        "() => !document.querySelector('#chat-main [data-testid=\"user\"]')", timeout=30_000
+    )
+    page.close()
+
+
+def test_side_by_side_answers_with_base_and_fine_tuned(ui, browser):
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page.goto(ui.url + "/")
+    page.wait_for_selector("#prompt textarea")
+    page.locator("#compare input").check()
+    page.wait_for_selector("#chat-base", state="visible")
+    ask(page)
+    wait_answered(page, "chat-main", reference(ui))
+    wait_answered(page, "chat-base", reference(ui, base=True))
+    page.close()
