@@ -50,7 +50,8 @@ def train_run(tmp: Path, steps: int) -> Path:
 def torch_int8(export_dir: Path, eval_records: int, new_tokens: int) -> dict:
     """PyTorch dynamic int8 of the exported merged model against the same model in float32."""
     bot = load_chatbot(export_dir, device="cpu")
-    q = quantize_int8(copy.deepcopy(bot.model))
+    keep = bot.card.export["int8_float_layers"]  # found by the export on the check prompts
+    q = quantize_int8(copy.deepcopy(bot.model), keep)
     examples, origin = eval_examples(bot, str(DATA), eval_records, [])
     prompt = bot.fmt.encode_prompt(bot.with_system(CHECK_PROMPTS[0]))
     sizes = (torch_size(bot.model), torch_size(q))
@@ -63,7 +64,7 @@ def torch_int8(export_dir: Path, eval_records: int, new_tokens: int) -> dict:
         prompt,
         new_tokens,
     )
-    return {**result, "eval_data": origin}
+    return {**result, "eval_data": origin, "float_layers": keep}
 
 
 def main() -> None:

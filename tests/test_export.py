@@ -203,6 +203,31 @@ def test_int8_is_measured_against_the_float_model(full_export):
     assert next(c for c in report["checks"] if c["name"] == "onnx-int8")["top1_agreement"] >= 0.8
 
 
+def test_int8_keeps_layers_with_activation_outliers_float(tiny_qwen, full_export):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.export.measure import outlier_layers
+    from tunesmith.inference import quantize_int8
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_qwen)).eval()
+    with torch.no_grad():  # one huge MLP channel, like the "massive activations" of real small LLMs
+        model.model.layers[1].mlp.up_proj.weight[3] *= 2000
+        model.model.layers[1].mlp.gate_proj.weight[3] *= 2000
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12, 13]]
+    keep = outlier_layers(model, prompts, 100.0)
+    assert keep == ["model.layers.1.mlp.down_proj"]
+    assert outlier_layers(model, prompts, None) == []
+    q = quantize_int8(model, keep)
+    assert type(q.model.layers[1].mlp.down_proj) is torch.nn.Linear
+    assert type(q.model.layers[0].mlp.down_proj) is not torch.nn.Linear
+    if HAS_ONNX:
+        from tunesmith.export.onnx import _nodes_of
+
+        onnx_file = full_export[0] / "onnx" / "tiny" / "1" / "model.onnx"
+        assert len(_nodes_of(onnx_file, {"model.layers.1.mlp.down_proj", "lm_head"})) == 2
+
+
 def test_torch_int8_export_is_quantized_when_loaded_on_cpu(tiny_run, tmp_path):
     out = tmp_path / "int8"
     report = run_export(tiny_run, out, ExportOptions(quantize="int8", eval_records=8))

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import shutil
 
 import pytest
@@ -109,27 +110,63 @@ def test_without_vllm_the_backend_says_how_to_install_it(tiny_run):
         build_backend({"tiny": tiny_run}, backend="vllm")
 
 
+@pytest.fixture(scope="module")
+def vllm_run(tmp_path_factory):
+    """A run on a tiny Qwen2 whose head size (64) vLLM's CPU attention supports."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from conftest import EXAMPLE_DATA, make_tokenizer
+    from tunesmith.config import load_config
+    from tunesmith.train import run_train
+
+    root = tmp_path_factory.mktemp("vllm")
+    tok = make_tokenizer(False)
+    shape = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2)
+    cfg = Qwen2Config(
+        vocab_size=len(tok), num_key_value_heads=1, max_position_embeddings=512, **shape,
+        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+    )  # fmt: skip
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(cfg).save_pretrained(root / "base")
+    tok.save_pretrained(root / "base")
+    return run_train(load_config(None, [
+        f"model.source={root / 'base'}", f"data.path={EXAMPLE_DATA}", "data.limit=16", "data.val_fraction=0",
+        "data.system_prompt=现在你要扮演皇帝身边的女人--甄嬛", f"train.output_dir={root / 'run'}",
+        "train.max_steps=5", "train.learning_rate=3e-3", "train.batch_size=4", "train.grad_accum=1",
+        "train.dtype=float32", "generation.temperature=0", "generation.max_new_tokens=12",
+    ]))  # fmt: skip
+
+
 @pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed")
-def test_vllm_backend_answers_like_the_run(tiny_run):  # pragma: no cover - needs vllm
+def test_vllm_backend_answers_as_the_transformers_backend(vllm_run, monkeypatch):  # pragma: no cover
+    """Greedy answers of the adapter and of the base model match across the two backends."""
     import asyncio
 
     from tunesmith.generation import Sampling
     from tunesmith.serving.backends import GenRequest
     from tunesmith.serving.server import build_backend
 
-    backend = build_backend({"tiny": tiny_run}, backend="vllm", max_model_len=256, enforce_eager=True)
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
+    greedy = Sampling(temperature=0, max_new_tokens=12)
+    q = [{"role": "user", "content": "你是谁？"}]
 
-    async def ask(name):
-        m = backend.models[name]
-        req = GenRequest(
-            m, m.chat_prompt([{"role": "user", "content": "你是谁？"}]), Sampling(0, max_new_tokens=8)
-        )
-        return [ev async for ev in backend.generate(req)][-1]
+    def answers(backend):
+        async def ask(name):
+            m = backend.models[name]
+            events = [ev async for ev in backend.generate(GenRequest(m, m.chat_prompt(q), greedy))]
+            return "".join(e.text for e in events), events[-1].finish, events[-1].completion_tokens
 
-    backend.start()
-    try:
-        for name in ("tiny", "base"):
-            final = asyncio.run(ask(name))
-            assert final.finish in ("stop", "length") and final.completion_tokens <= 8
-    finally:
-        backend.close()
+        async def both():
+            backend.start()
+            return [await ask("tiny"), await ask("base")]
+
+        try:
+            return asyncio.run(both())
+        finally:
+            backend.close()
+
+    kw = dict(max_model_len=256, dtype="float32", enforce_eager=True)
+    from_vllm = answers(build_backend({"tiny": vllm_run}, backend="vllm", **kw))
+    from_transformers = answers(build_backend({"tiny": vllm_run}, device="cpu"))
+    assert from_vllm == from_transformers

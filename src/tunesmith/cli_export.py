@@ -25,7 +25,7 @@ def _summary(report: dict[str, Any]) -> str:
         )
     q = report.get("quantization")
     if q:
-        lines.append(f"int8 ({q['method']}):")
+        lines.append(f"int8 ({q['method']}; {len(q['float_layers'])} layers with outliers kept float):")
         lines.append(
             f"  size {q['size_bytes']['float'] / 1e6:.1f} MB → {q['size_bytes']['int8'] / 1e6:.1f} MB"
             f" ({q['size_ratio']:.2f}x); greedy speed {q['tokens_per_s']['float']:.1f} → "
@@ -52,6 +52,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         eval_data=args.eval_data,
         eval_records=args.eval_records,
         triton_name=args.triton_name,
+        int8_outlier_ratio=args.int8_outlier_ratio,
     )
     report = run_export(args.run_dir, args.output, opts)
     print(json.dumps(report, ensure_ascii=False, indent=2) if args.json else _summary(report))
@@ -96,6 +97,13 @@ def add_export_parser(sub: Any) -> None:
         choices=["int8"],
         help="int8 dynamic quantization for CPU: of the ONNX model with --format onnx, else of the "
         "PyTorch model at load time; size, speed and perplexity change are measured and reported",
+    )
+    p.add_argument(
+        "--int8-outlier-ratio",
+        type=float,
+        default=100.0,
+        help="with --quantize: Linear layers whose input peak/mean |activation| exceeds this on the check "
+        "prompts stay float (default 100; inf quantizes every layer)",
     )
     p.add_argument(
         "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="merged weights dtype"

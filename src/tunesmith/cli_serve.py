@@ -106,7 +106,7 @@ def add_serve_parsers(sub: Any) -> None:
     p.add_argument(
         "--repetition-guard", action="store_true", help="cut answers that loop (a request may override)"
     )
-    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a request waits for company")
+    p.add_argument("--batch-wait-ms", type=float, default=20.0, help="how long a request waits for company")
     p.add_argument("--max-queue", type=int, default=256, help="waiting requests before new ones get 429")
     p.add_argument("--max-model-len", type=int, help="vllm: context length (default: the model's)")
     p.add_argument(

@@ -207,13 +207,20 @@ def _no_base_error(card: RunCard) -> Exception:
     )
 
 
-def quantize_int8(model: Any) -> Any:
-    """Dynamic int8 quantization of every Linear layer (weights int8, activations quantized per
-    call), for CPU inference. Embeddings and norms stay float."""
+def quantize_int8(model: Any, keep_float: tuple[str, ...] | list[str] = ()) -> Any:
+    """Dynamic int8 quantization of the Linear layers (weights int8 per channel, activations
+    quantized per call), for CPU inference. Embeddings, norms and the ``keep_float`` layers (those
+    whose inputs have outliers, found by ``tunesmith export``) stay float."""
     import torch
-    from torch.ao.quantization import quantize_dynamic
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-    return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    keep = set(keep_float)
+    spec = {
+        name: per_channel_dynamic_qconfig
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and name not in keep
+    }
+    return quantize_dynamic(model, spec, dtype=torch.qint8)
 
 
 def load_export(
@@ -233,7 +240,7 @@ def load_export(
     dev = pick_device(device)
     model = load_model(export_dir, dtype or ("bfloat16" if dev == "cuda" else "float32"), dev)
     if card.export.get("quantize") == "int8" and dev == "cpu":
-        model = quantize_int8(model.float())
+        model = quantize_int8(model.float(), card.export.get("int8_float_layers", ()))
     model.eval()
     return Chatbot(model, fmt, card, Sampling.from_dict(card.generation), has_adapter=False)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import DependencyError
 from .logs import get_logger
-from .serving.backends import Backend, GenRequest, merge_events, sampling_for
+from .serving.backends import Backend, GenRequest, merge_events, queue_all, sampling_for
 from .serving.protocol import APIError
 
 log = get_logger(__name__)
@@ -93,10 +93,11 @@ def build_webui(backend: Backend, title: str = "tunesmith") -> Any:
             histories = [_turns(main)] + ([_turns(left)] if both else [])
             chosen = [name] + ([base] if both else [])
             try:
-                streams = [
-                    _ask(backend, m, h + [{"role": "user", "content": message}], knobs)
+                asks = [
+                    _request(backend, m, h + [{"role": "user", "content": message}], knobs)
                     for m, h in zip(chosen, histories, strict=True)
                 ]
+                streams = await queue_all(backend, asks)
             except APIError as e:
                 gr.Warning(e.message)
                 yield gr.update(), main, left
@@ -138,7 +139,7 @@ def build_webui(backend: Backend, title: str = "tunesmith") -> Any:
     return page
 
 
-def _ask(backend: Backend, name: str, conversation: list[dict[str, str]], knobs: tuple) -> AsyncIterator[Any]:
+def _request(backend: Backend, name: str, conversation: list[dict[str, str]], knobs: tuple) -> GenRequest:
     temperature, top_p, top_k, penalty, max_tokens, guard = knobs
     served = backend.models[name]
     ids = served.chat_prompt(conversation)
@@ -152,7 +153,7 @@ def _ask(backend: Backend, name: str, conversation: list[dict[str, str]], knobs:
         top_k=int(top_k),
         repetition_penalty=float(penalty),
     )
-    return backend.generate(GenRequest(served, ids, sampling, guard=bool(guard), stream=True))
+    return GenRequest(served, ids, sampling, guard=bool(guard), stream=True)
 
 
 def _header(title: str, first: Any) -> str:

@@ -56,7 +56,7 @@ def _cell(text: str | None) -> str:
     """Table-cell text: HTML-escaped (model output is untrusted), pipes escaped, newlines as <br>."""
     if text is None:
         return "–"
-    return html.escape(text).replace("|", "\\|").replace("\r", "").replace("\n", "<br>") or " "
+    return html.escape(text, quote=False).replace("|", "\\|").replace("\r", "").replace("\n", "<br>") or " "
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

@@ -33,6 +33,38 @@ def eval_examples(
     return examples, origin
 
 
+def outlier_layers(model: Any, prompts: list[list[int]], ratio: float | None) -> list[str]:
+    """Linear layers whose input has outliers: peak |activation| over mean |activation| above
+    ``ratio`` on ``prompts``. Dynamic int8 quantizes each input row with one scale, so a few huge
+    values (the "massive activations" of small LLMs, mostly at MLP down-projections) would crush
+    every other value to a handful of levels; these layers stay float. ``None``: keep none."""
+    import torch
+
+    if ratio is None:
+        return []
+    stats: dict[str, list[float]] = {}
+
+    def hook(name: str) -> Any:
+        def record(module: Any, args: Any, output: Any) -> None:
+            x = args[0].detach().abs().float()
+            peak, mean = stats.setdefault(name, [0.0, 0.0])
+            stats[name] = [max(peak, float(x.max())), max(mean, float(x.mean()))]
+
+        return record
+
+    handles = [
+        m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+    ]
+    try:
+        with torch.inference_mode():
+            for ids in prompts:
+                model(input_ids=torch.tensor([ids]))
+    finally:
+        for h in handles:
+            h.remove()
+    return sorted(n for n, (peak, mean) in stats.items() if peak > ratio * max(mean, 1e-12))
+
+
 def torch_size(model: Any) -> int:
     """Bytes of the model's serialized state dict (what it holds in memory, near enough)."""
     import torch

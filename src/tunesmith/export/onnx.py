@@ -153,11 +153,29 @@ class OrtRunner:
         return tokens
 
 
-def quantize_int8(src: Path, dst: Path) -> Path:
-    """ONNX Runtime dynamic quantization: int8 weights for MatMul/Gemm, activations quantized on
-    the fly. Embeddings (Gather) stay float, as do the norms."""
+def _nodes_of(path: Path, modules: set[str]) -> list[str]:
+    """Names of the graph nodes that the exporter recorded as part of these PyTorch modules."""
+    import ast
+
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    found = []
+    for node in graph.node:
+        meta = {p.key: p.value for p in node.metadata_props}
+        scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))
+        # scopes end with the module path, then the op: [..., "lm.model.layers.3.mlp.down_proj", "linear_6"]
+        if len(scopes) >= 2 and scopes[-2].removeprefix("lm.") in modules:
+            found.append(node.name)
+    return found
+
+
+def quantize_int8(src: Path, dst: Path, keep_float: list[str] | tuple[str, ...] = ()) -> Path:
+    """ONNX Runtime dynamic quantization: int8 weights (per channel) for MatMul, activations
+    quantized on the fly. Embeddings, norms and the ``keep_float`` modules' MatMuls stay float."""
     q = require("onnxruntime.quantization", "onnx")
     dst.parent.mkdir(parents=True, exist_ok=True)
+    exclude = _nodes_of(src, set(keep_float)) if keep_float else []
     with quiet_loggers("", "onnx_ir"):  # "": quantize_dynamic logs to the root logger
         q.quantize_dynamic(
             str(src),
@@ -165,6 +183,7 @@ def quantize_int8(src: Path, dst: Path) -> Path:
             weight_type=q.QuantType.QInt8,
             op_types_to_quantize=["MatMul", "Gemm"],
             per_channel=True,
+            nodes_to_exclude=exclude,
             use_external_data_format=(src.parent / (src.name + ".data")).exists(),
         )
     return dst

@@ -18,7 +18,16 @@ from typing import Any
 
 from ..errors import DependencyError
 from ..logs import get_logger
-from .backends import Backend, Event, GenRequest, ServedModel, merge_events, model_not_found, sampling_for
+from .backends import (
+    Backend,
+    Event,
+    GenRequest,
+    ServedModel,
+    merge_events,
+    model_not_found,
+    queue_all,
+    sampling_for,
+)
 from .metrics import ServerMetrics
 from .protocol import (
     APIError,
@@ -123,7 +132,7 @@ def create_app(
         return await respond(request, gens, ResponseFactory("text", served.name), req.include_usage())
 
     async def respond(request: Any, gens: list[GenRequest], rf: ResponseFactory, include_usage: bool) -> Any:
-        streams = await _queue_all(backend, gens)
+        streams = await queue_all(backend, gens)
         if gens[0].stream:
             sse = _sse(rf, gens, streams, include_usage, metrics, time.monotonic())
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -204,19 +213,6 @@ def _requests(
         )
         for ids in prompts
     ]
-
-
-async def _queue_all(backend: Backend, gens: list[GenRequest]) -> list[AsyncIterator[Event]]:
-    """Queue every answer now (a full queue is a 429 before any response starts); all or none."""
-    streams: list[Any] = []
-    try:
-        for g in gens:
-            streams.append(backend.generate(g))
-    except BaseException:
-        for s in streams:
-            await s.aclose()
-        raise
-    return streams
 
 
 def _extra(ev: Event) -> dict[str, Any] | None:

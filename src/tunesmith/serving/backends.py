@@ -180,6 +180,19 @@ def sampling_for(
     return s.updated(max_new_tokens=min(s.max_new_tokens, ctx - prompt_len))
 
 
+async def queue_all(backend: Backend, gens: list[GenRequest]) -> list[AsyncIterator[Event]]:
+    """Queue every answer now, all or none (a full queue raises before any response starts)."""
+    streams: list[Any] = []
+    try:
+        for g in gens:
+            streams.append(backend.generate(g))
+    except BaseException:
+        for s in streams:
+            await s.aclose()
+        raise
+    return streams
+
+
 async def merge_events(streams: list[AsyncIterator[Event]]) -> AsyncIterator[tuple[int, Event]]:
     """Events of several answers as they come, tagged with the answer's index. Closing this
     iterator closes (and so cancels) every answer still running."""

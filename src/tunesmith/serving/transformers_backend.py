@@ -140,7 +140,7 @@ class TransformersBackend(Backend):
         models: dict[str, ServedModel],
         model: Any,
         max_batch: int = 16,
-        batch_wait_ms: float = 10.0,
+        batch_wait_ms: float = 20.0,
         max_queue: int = 256,
         mixed_adapters: bool = True,
         on_batch: BatchHook | None = None,
@@ -154,6 +154,7 @@ class TransformersBackend(Backend):
         self.on_batch = on_batch
         self._pending: list[_Job] = []
         self._running: list[_Job] = []
+        self._last_batch_end = 0.0
         self._cv = threading.Condition()
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -261,6 +262,7 @@ class TransformersBackend(Backend):
                     job.fail(f"generation failed: {type(e).__name__}: {e}")
             finally:
                 self._running = []
+                self._last_batch_end = time.monotonic()
 
     def _next_batch(self) -> list[_Job] | None:
         with self._cv:
@@ -271,9 +273,13 @@ class TransformersBackend(Backend):
                 if not self._pending:
                     self._cv.wait()
                     continue
-                wait = self._pending[0].enqueued + self.batch_wait - time.monotonic()
+                # Give concurrent requests a moment to arrive, and the clients of the batch that
+                # just ended a moment to come back: starting at once would run the requests that
+                # queued meanwhile as a part-batch, and two part-batches would then alternate.
+                start = max(self._pending[0].enqueued, self._last_batch_end) + self.batch_wait
+                wait = start - time.monotonic()
                 if wait > 0 and len(self._pending) < self.max_batch:
-                    self._cv.wait(wait)  # give concurrent requests a moment to arrive
+                    self._cv.wait(wait)
                     continue
                 key = _batch_key(self._pending[0], self.mixed)
                 batch = [j for j in self._pending if _batch_key(j, self.mixed) == key][: self.max_batch]

@@ -91,10 +91,11 @@ class VllmBackend(Backend):
         log.info("vLLM pre-flight:\n%s", report.to_text())
         vllm = import_vllm()
         ctx = max_model_len or _context_len(source.path)
-        first = next(iter(runs.values()))
+        # The engine's tokenizer only turns answer tokens back into text: prompts arrive as token
+        # ids rendered by tunesmith, and the pre-flight refused extended vocabularies, so the base
+        # model's own tokenizer decodes exactly as the runs' do.
         args = vllm.AsyncEngineArgs(
             model=source.path,
-            tokenizer=str(Path(first) / bots[next(iter(runs))].card.tokenizer),
             enable_lora=True,
             max_lora_rank=report.max_lora_rank,
             max_loras=report.max_loras,
@@ -165,6 +166,8 @@ class VllmBackend(Backend):
                     return
                 if out.finished:
                     reason = "length" if o.finish_reason == "length" else "stop"
+                    if reason == "stop" and not isinstance(o.stop_reason, str):
+                        n -= 1  # vLLM counts the end token; usage here never does (as transformers)
                     yield _final(piece + tracker.close(reason), tracker, n)
                     return
                 if piece:
