@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..logs import get_logger
-from .common import ExportError
+from .common import ExportError, quiet_loggers
 
 log = get_logger(__name__)
 
@@ -230,15 +230,16 @@ def write_gguf(
     if qtype not in GGUF_TYPES:
         raise ExportError(f"unknown GGUF type {qtype!r}; choose from {', '.join(GGUF_TYPES)}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(path), arch)
-    _add_config(writer, model.config, qtype, name)
-    _add_tokenizer(writer, tokenizer, model.config.vocab_size, template, eot_id, known_pre)
-    _add_sampling(writer, generation)
-    _add_tensors(writer, model, arch, qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    with quiet_loggers("gguf"):  # the writer logs its progress at INFO
+        writer = gguf.GGUFWriter(str(path), arch)
+        _add_config(writer, model.config, qtype, name)
+        _add_tokenizer(writer, tokenizer, model.config.vocab_size, template, eot_id, known_pre)
+        _add_sampling(writer, generation)
+        _add_tensors(writer, model, arch, qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
     return path
 
 
