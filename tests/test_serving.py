@@ -263,27 +263,44 @@ def test_oversized_body_is_413(server):
 
 
 def test_client_disconnecting_mid_stream_cancels_its_generation(server, client):
+    import time
+
     body = {"model": "tiny", "messages": Q, "max_tokens": 400, "ignore_eos": True, "stream": True}
     backend = server.backend
-    batches = []
+    batches: list[int] = []
+    ended = threading.Event()
     hook = backend.on_batch
-    backend.on_batch = lambda rows, tokens, s: (batches.append(tokens), hook(rows, tokens, s))
+
+    def watch(rows, tokens, seconds):
+        batches.append(tokens)
+        ended.set()
+        hook(rows, tokens, seconds)
+
+    backend.on_batch = watch
     metrics = server.app.state.metrics.registry
     abandoned = metrics.get_sample_value("tunesmith_abandoned_streams_total")
     headers = {"Authorization": f"Bearer {KEY}"}
-    with httpx.stream(
-        "POST", server.url + "/v1/chat/completions", json=body, headers=headers, timeout=60
-    ) as r:
-        assert r.status_code == 200
-        lines = r.iter_lines()
-        assert next(lines).startswith("data: ")
-    # The server keeps serving, and the abandoned answer stops long before its 400 tokens.
+    try:
+        with httpx.stream(
+            "POST", server.url + "/v1/chat/completions", json=body, headers=headers, timeout=60
+        ) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():  # the role chunk comes first; wait for generated text
+                if line.startswith("data: ") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                    break
+        # Hung up while generating: the batch ends long before its 400 tokens.
+        assert ended.wait(60), "the abandoned generation never ended"
+    finally:
+        backend.on_batch = hook
+    assert batches[0] < 200, batches
+    deadline = time.monotonic() + 10
+    while metrics.get_sample_value("tunesmith_abandoned_streams_total") != abandoned + 1:
+        assert time.monotonic() < deadline, "the abandoned stream was not counted"
+        time.sleep(0.05)
+    # The server keeps serving.
     after = client.chat.completions.create(model="tiny", messages=Q, max_tokens=3)
     assert after.usage.completion_tokens <= 3
     assert backend.queue_depth() == 0
-    backend.on_batch = hook
-    assert batches and batches[0] < 200, batches
-    assert metrics.get_sample_value("tunesmith_abandoned_streams_total") == abandoned + 1
 
 
 def test_ignore_eos_generates_exactly_max_tokens(client):
