@@ -2,8 +2,9 @@
 
 Profiles a few optimizer-free forward+backward passes of SmolLM2-135M-Instruct on a padded
 batch of 2 real records with torch.profiler and prints the top operators by CPU time, for:
-fp32 + full logits + padding + gradient checkpointing (tutorial), and bf16 autocast +
-unpadded + label-only logits (tunesmith).
+fp32 + full logits + padding + gradient checkpointing (tutorial), and tunesmith's defaults: bf16
+autocast, packed sequences without padding, label-only fused cross-entropy, frozen weights stored
+in bf16, and LoRA dropout masks drawn with rand >= p.
 
     .venv/bin/python bench/profile_step.py > bench/results/profile_step.txt
 """
@@ -19,6 +20,7 @@ from transformers import DataCollatorForSeq2Seq
 
 from tunesmith.data import load_records
 from tunesmith.fastloss import causal_lm_loss
+from tunesmith.levers import store_frozen_in_bf16, use_fast_dropout
 from tunesmith.modeling import attach_lora, load_model, load_tokenizer, resolve_source
 from tunesmith.templates import ChatFormat
 
@@ -51,7 +53,10 @@ def main() -> None:
         "tutorial: fp32, padded, full logits, checkpointing": dict(bf16=False, fast=False, ckpt=True),
         "fp32, padded, full logits, no checkpointing": dict(bf16=False, fast=False, ckpt=False),
         "bf16 autocast, padded, full logits": dict(bf16=True, fast=False, ckpt=False),
-        "tunesmith: bf16, unpadded, label-only logits": dict(bf16=True, fast=True, ckpt=False),
+        "bf16, packed, label-only logits": dict(bf16=True, fast=True, ckpt=False),
+        "tunesmith: bf16, packed, label-only, frozen bf16, fast dropout": dict(
+            bf16=True, fast=True, ckpt=False, levers=True
+        ),
     }
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     for name, c in cases.items():
@@ -59,6 +64,9 @@ def main() -> None:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_disable()
+        if c.get("levers"):  # the last case: these change the model in place
+            store_frozen_in_bf16(model)
+            use_fast_dropout(model)
 
         def step(b: dict, c: dict = c) -> None:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=c["bf16"]):

@@ -2,9 +2,11 @@
 
 (a) baseline — the tutorial recipe literally: HF Trainer, DataCollatorForSeq2Seq(padding=True),
     gradient checkpointing on (with enable_input_require_grads), fp32, no warmup, linear decay;
-(b) tunesmith's own `run_train` with its defaults (bf16 autocast where native, unpadded
-    sequences, label-only logits, no checkpointing), the schedule set to the same no-warmup
-    linear decay so the losses are comparable.
+(b) tunesmith's own `run_train` with its defaults (bf16 autocast where native, sequences packed
+    without padding, label-only fused cross-entropy, frozen weights stored in bf16, LoRA dropout
+    masks from rand >= p, no checkpointing), the schedule set to the same no-warmup linear decay
+    so the losses are comparable;
+(c) the same as (b) with `train.gradient_checkpointing=true`: tunesmith's memory-saving setting.
 
 Both train the packaged SmolLM2-135M-Instruct with the same LoRA (r=8, alpha=32, dropout 0.1,
 q/k/v/o/gate/up/down), lr 1e-4, batch 2 x accumulation 2 and the Trainer's default weight decay
@@ -100,7 +102,7 @@ def run_baseline(data: Path, out: Path) -> dict:
     return {"tokens": trainer.state.num_input_tokens_seen, "seconds": elapsed, "losses": losses}
 
 
-def run_tunesmith(data: Path, out: Path) -> dict:
+def run_tunesmith(data: Path, out: Path, *extra: str) -> dict:
     from tunesmith.config import load_config
     from tunesmith.train import run_train
 
@@ -122,6 +124,7 @@ def run_tunesmith(data: Path, out: Path) -> dict:
             f"lora.r={LORA['r']}",
             f"lora.alpha={LORA['alpha']}",
             f"lora.dropout={LORA['dropout']}",
+            *extra,
         ],
     )
     run_dir = run_train(cfg)
@@ -133,9 +136,18 @@ def run_tunesmith(data: Path, out: Path) -> dict:
     return {"tokens": tokens, "seconds": tokens / tps, "losses": losses}
 
 
+KINDS = ("baseline", "tunesmith", "tunesmith_checkpointed")
+
+
 def worker(kind: str, data: Path, result: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        res = (run_baseline if kind == "baseline" else run_tunesmith)(data, Path(tmp) / "run")
+        out = Path(tmp) / "run"
+        if kind == "baseline":
+            res = run_baseline(data, out)
+        elif kind == "tunesmith":
+            res = run_tunesmith(data, out)
+        else:  # the memory-saving setting: the same levers plus checkpointing
+            res = run_tunesmith(data, out, "train.gradient_checkpointing=true")
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result.write_text(json.dumps(res), encoding="utf-8")
 
@@ -178,7 +190,7 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=256)
     ap.add_argument("--quick", action="store_true", help="64 records (a few minutes)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "train_throughput.json"))
-    ap.add_argument("--worker", choices=["baseline", "tunesmith"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -188,15 +200,15 @@ def main() -> None:
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         data = data_file(n, Path(tmp))
-        for kind in ("baseline", "tunesmith"):
+        for kind in KINDS:
             res = Path(tmp) / f"{kind}.json"
             cmd = [sys.executable, __file__, "--worker", kind, "--data", str(data), "--result", str(res)]
             subprocess.run(cmd, check=True)
             runs[kind] = json.loads(res.read_text(encoding="utf-8"))
     ceiling = matmul_ceiling()
     per_tok, per_label = flops_per_token()
-    b, t = runs["baseline"], runs["tunesmith"]
-    b_tps, t_tps = b["tokens"] / b["seconds"], t["tokens"] / t["seconds"]
+    b, t, c = runs["baseline"], runs["tunesmith"], runs["tunesmith_checkpointed"]
+    b_tps, t_tps, c_tps = (r["tokens"] / r["seconds"] for r in (b, t, c))
     result = {
         "model": MODEL,
         "records": n,
@@ -211,6 +223,10 @@ def main() -> None:
         "final_loss_rel_diff": round(abs(final_loss(t["losses"]) / final_loss(b["losses"]) - 1), 4),
         "baseline_peak_rss_mb": round(b["peak_rss_mb"]),
         "tunesmith_peak_rss_mb": round(t["peak_rss_mb"]),
+        "checkpointed_tokens_per_s": round(c_tps, 1),
+        "checkpointed_speedup": round(c_tps / b_tps, 2),
+        "checkpointed_final_loss": round(final_loss(c["losses"]), 4),
+        "checkpointed_peak_rss_mb": round(c["peak_rss_mb"]),
         "bf16_matmul_gflops": round(ceiling, 1),
         "mfu": round(t_tps * per_tok / 1e9 / ceiling, 4),
         "baseline_mfu": round(b_tps * per_tok / 1e9 / ceiling, 4),
@@ -225,8 +241,12 @@ def main() -> None:
         f"| tutorial recipe | {result['baseline_tokens_per_s']} | {result['baseline_final_loss']} | "
         f"{result['baseline_peak_rss_mb']} | {result['baseline_mfu']:.1%} |\n"
         f"| tunesmith | {result['tunesmith_tokens_per_s']} | {result['tunesmith_final_loss']} | "
-        f"{result['tunesmith_peak_rss_mb']} | {result['mfu']:.1%} |\n\n"
-        f"Speed-up {result['speedup']}x on {n} records; "
+        f"{result['tunesmith_peak_rss_mb']} | {result['mfu']:.1%} |\n"
+        f"| tunesmith + gradient checkpointing | {result['checkpointed_tokens_per_s']} | "
+        f"{result['checkpointed_final_loss']} | {result['checkpointed_peak_rss_mb']} | "
+        f"{result['checkpointed_tokens_per_s'] * per_tok / 1e9 / ceiling:.1%} |\n\n"
+        f"Speed-up {result['speedup']}x ({result['checkpointed_speedup']}x with checkpointing) on {n} "
+        "records; "
         f"bf16 matmul ceiling {result['bf16_matmul_gflops']} GFLOP/s.\n",
         encoding="utf-8",
     )

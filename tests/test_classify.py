@@ -107,11 +107,18 @@ def cfg(tmp_path, model_dir, data_path, *extra):
     )
 
 
-def test_full_fine_tuning_learns_and_reports_accuracy_and_macro_f1(tmp_path, tiny_bert):
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, tiny_bert):
+    """A fully fine-tuned classifier on the three-way sentiment records."""
+    tmp_path = tmp_path_factory.mktemp("full")
     data = tmp_path / "sentiment.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in sentiment_records()), encoding="utf-8")
     extra = ["lora.method=full", "train.learning_rate=1e-3", "train.max_steps=200", "train.save_steps=100"]
-    run = run_train(cfg(tmp_path, tiny_bert, data, *extra))
+    return run_train(cfg(tmp_path, tiny_bert, data, *extra))
+
+
+def test_full_fine_tuning_learns_and_reports_accuracy_and_macro_f1(full_run):
+    run = full_run
     card = json.loads((run / "tunesmith.json").read_text(encoding="utf-8"))
     assert card["task"] == "classification" and card["method"] == "full" and card["adapter"] == "model"
     assert card["data"]["labels"] == ["negative", "neutral", "positive"]
@@ -125,8 +132,50 @@ def test_full_fine_tuning_learns_and_reports_accuracy_and_macro_f1(tmp_path, tin
     got = clf.predict(["the meal was excellent", "honestly the show felt awful"])
     assert [g["label"] for g in got] == ["positive", "negative"]
     assert sum(got[0]["scores"].values()) == pytest.approx(1.0)
-    with pytest.raises(RunDirError, match="text classifier"):
+    with pytest.raises(RunDirError, match="tunesmith classify"):
         load_chatbot(run)
+
+
+def test_classify_command_labels_texts_and_scores_a_labelled_file(full_run, tmp_path, capsys):
+    from tunesmith.cli import main
+
+    run = full_run
+    card = json.loads((run / "tunesmith.json").read_text(encoding="utf-8"))
+    assert card["data"]["max_length"] == 32 and card["data"]["text_field"] == "text"
+    capsys.readouterr()
+
+    assert (
+        main(["classify", str(run), "the meal was excellent", "i found the film awful", "--device=cpu"]) == 0
+    )
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [(label, text) for label, _, text in lines] == [
+        ("positive", "the meal was excellent"),
+        ("negative", "i found the film awful"),
+    ]
+    assert all(0.34 < float(p) <= 1 for _, p, _ in lines)
+
+    # A held-out labelled file: predictions as JSON lines, and accuracy against its labels.
+    test = [{"review": r["text"], "label": r["label"]} for r in sentiment_records(10, seed=7)]
+    test.append({"review": "the show was lovely"})  # no label: labelled, not scored
+    (tmp_path / "test.json").write_text(json.dumps(test), encoding="utf-8")
+    out = tmp_path / "pred.jsonl"
+    argv = ["classify", str(run), "--file", str(tmp_path / "test.json"), "--text-field", "review"]
+    assert main([*argv, "--output", str(out), "--device=cpu"]) == 0
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 31 and [r["text"] for r in rows] == [t["review"] for t in test]
+    assert "gold" not in rows[-1]
+    assert [r["gold"] for r in rows[:-1]] == [t["label"] for t in test[:-1]]
+    right = sum(r["label"] == r["gold"] for r in rows[:-1])
+    err = capsys.readouterr().err
+    assert f"30 of 31 records carry a 'label': accuracy {right / 30:.4f}" in err
+    assert right >= 27
+
+    # Bad input names the file and record; a chat run is refused with the command to use.
+    (tmp_path / "bad.jsonl").write_text('{"review": "fine"}\n{"body": "x"}\n', encoding="utf-8")
+    assert main(["classify", str(run), "--file", str(tmp_path / "bad.jsonl"), "--text-field", "review"]) == 2
+    assert "bad.jsonl, record 1: no text: field 'review'" in capsys.readouterr().err
+    assert main(["classify", str(run)]) == 2
+    assert "give texts to label" in capsys.readouterr().err
 
 
 def test_lora_on_csv_saves_the_adapter_with_the_head(tmp_path, tiny_bert):

@@ -14,6 +14,7 @@ TRAIN_SIDE = {"train", "inference", "chat", "serving", "webui", "evaluation", "e
     "cli_serve",
     "cli_export",
     "cli_tune",
+    "cli_classify",
 }
 
 # module -> tunesmith modules it must never import
@@ -46,6 +47,8 @@ FORBIDDEN = {
     "checkpoints": TRAIN_SIDE,
     "replay": TRAIN_SIDE,
     "distributed": TRAIN_SIDE,
+    "levers": TRAIN_SIDE,
+    "fastloss": TRAIN_SIDE,
     "classify": TRAIN_SIDE - {"train"},  # beside train: shares its run-dir helpers
     "tune": TRAIN_SIDE - {"train"},  # runs train's trials
     "cli_tune": {"cli", "serving", "webui", "cli_serve"},

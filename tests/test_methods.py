@@ -107,8 +107,12 @@ def test_qlora_on_cuda_without_bitsandbytes_says_what_to_install(monkeypatch):
     check_method(cfg.lora, "cpu")  # nothing to check
 
 
-def test_merge_writes_a_model_equal_to_base_plus_adapter(tmp_path, tiny_qwen):
-    run = run_train(make_cfg(tmp_path, tiny_qwen, "lora.merge=true", "train.max_steps=3"))
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_merge_writes_a_model_equal_to_base_plus_adapter(tmp_path, tiny_qwen, dtype):
+    # bf16: the frozen weights trained in bf16 (train.frozen_bf16); the merge uses the fp32 ones
+    run = run_train(
+        make_cfg(tmp_path, tiny_qwen, "lora.merge=true", "train.max_steps=3", f"train.dtype={dtype}")
+    )
     bot = load_chatbot(run, device="cpu")
     merged = load_model(run / "merged")
     ids = torch.tensor([bot.fmt.encode_prompt(bot.with_system(Q))])

@@ -112,8 +112,14 @@ def test_type_a_message_and_see_the_streamed_answer(ui, browser, tmp_path):
     page.goto(ui.url + "/")
     page.wait_for_selector("#prompt textarea")
     page.get_by_text("Sampling").click()
-    page.locator("#max-tokens input[type=number]").fill("48")  # long enough to watch it stream
-    page.locator("#max-tokens input[type=number]").press("Enter")
+    box = page.locator("#max-tokens input[type=number]")
+    box.fill("48")  # long enough to watch it stream
+    box.press("Enter")
+    box.blur()
+    # The slider takes the typed value on its own schedule; send only once it has.
+    page.wait_for_function(
+        "() => document.querySelector('#max-tokens input[type=range]').value === '48'", timeout=10_000
+    )
     page.evaluate(WATCH, "#chat-main")
     ask(page)
     expected = reference(ui, max_tokens=48)  # the run's defaults are greedy: exactly this answer

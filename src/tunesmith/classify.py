@@ -141,10 +141,14 @@ class _Items:
 
 def classification_metrics(pred: Any) -> dict[str, float]:
     """Accuracy and macro-F1 of a Trainer prediction (``compute_metrics``)."""
+    logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+    return label_metrics(pred.label_ids, logits.argmax(-1))
+
+
+def label_metrics(truth: Any, guess: Any) -> dict[str, float]:
+    """Accuracy and macro-F1 (over the labels present in either) of predicted against true labels."""
     from sklearn.metrics import accuracy_score, f1_score
 
-    logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
-    guess, truth = logits.argmax(-1), pred.label_ids
     return {
         "accuracy": float(accuracy_score(truth, guess)),
         "macro_f1": float(f1_score(truth, guess, average="macro", zero_division=0)),
@@ -310,6 +314,9 @@ def run_classify(cfg: Config, callbacks: list[Any] | None = None) -> Path:
             "fingerprint": fingerprint,
             "source": data.source,
             "labels": classes,
+            "text_field": cfg.data.text_field,
+            "label_field": cfg.data.label_field,
+            "max_length": cfg.data.max_length,
             "train_records": len(train_idx),
             "validation_records": len(val_idx),
         },
@@ -338,8 +345,8 @@ class Classifier:
 
         out = []
         device = next(self.model.parameters()).device
-        max_len = getattr(self.tokenizer, "model_max_length", None)
-        max_len = max_len if isinstance(max_len, int) and max_len < 1_000_000 else None
+        max_len = self.card.data.get("max_length") or getattr(self.tokenizer, "model_max_length", None)
+        max_len = max_len if isinstance(max_len, int) and max_len < 1_000_000 else None  # as in training
         for start in range(0, len(texts), batch_size):
             batch = self.tokenizer(
                 texts[start : start + batch_size],
@@ -367,7 +374,7 @@ def load_classifier(run_dir: str | Path, device: str = "auto") -> Classifier:
     run_dir = Path(run_dir)
     card = read_run_card(run_dir)
     if card.task != "classification":
-        raise RunDirError(f"{run_dir} is a {card.task} run, not a classifier; use `tunesmith chat`")
+        raise RunDirError(f"{run_dir} is a {card.task} run, not a classifier; use `tunesmith chat {run_dir}`")
     labels = list(card.data["labels"])
     dev = pick_device(device)
     tokenizer = load_tokenizer(run_dir / card.tokenizer)

@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(p)
     p.set_defaults(func=_cmd_chat)
 
+    from .cli_classify import add_classify_parser
     from .cli_data import add_data_parser
     from .cli_eval import add_eval_parser
     from .cli_export import add_export_parser
@@ -117,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parsers(sub)
     add_export_parser(sub)
     add_tune_parser(sub)
+    add_classify_parser(sub)
     return parser
 
 

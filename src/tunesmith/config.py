@@ -107,6 +107,10 @@ class TrainConfig:
     )
     unpadded: bool = _f(True, "run each sequence without padding tokens (exact; same loss and gradients)")
     label_logits_only: bool = _f(True, "compute LM-head logits only where labels exist (exact)")
+    frozen_bf16: bool = _f(
+        True, "under bf16 autocast, store frozen linear weights in bf16 once (exact; less memory)"
+    )
+    fast_dropout: bool = _f(True, "draw LoRA dropout masks from rand >= p (same distribution, faster)")
     resume: bool = _f(False, "continue from the latest checkpoint in output_dir")
     overwrite: bool = _f(False, "replace a finished run in output_dir")
     trainer_args: dict[str, Any] = _f({}, "extra transformers.TrainingArguments (escape hatch)")

@@ -2,8 +2,12 @@
 
 Both give the same loss and gradients as the plain computation (tests/test_fastloss.py):
 
-* **unpadded**: each sequence of a micro-batch runs on its own, without padding tokens; the
-  losses are summed and divided by the number of label tokens, exactly as the padded batch would.
+* **unpadded**: no padding token is computed. Where the model supports it, the sequences of a
+  micro-batch are packed into one row whose position ids restart at each sequence, and
+  transformers' masking turns the restarts into block-diagonal causal attention: each sequence
+  sees only itself, exactly as in its own padded row, and the matrix products stay as wide as the
+  whole micro-batch. Other models run each sequence on its own. The losses are summed and divided
+  by the number of label tokens, exactly as the padded batch would.
 * **label logits only**: the LM head is applied only at positions whose next token is a label;
   prompt positions (about two thirds of the tokens in instruction data) never produce logits.
   With a 50k–150k vocabulary the skipped logits are a large share of the step.
@@ -33,15 +37,49 @@ def supports_fast_loss(model: Any) -> bool:
     return not scaled and getattr(cfg, "model_type", "") not in {"gemma2", "gemma3", "gemma3_text", "cohere"}
 
 
-def _pieces(inputs: dict[str, Any], unpadded: bool) -> list[tuple[Any, Any, Any]]:
+# Decoder families whose transformers implementation builds its attention mask with
+# ``masking_utils.create_causal_mask``, which reads restarting position ids (no attention mask, no
+# cache) as packed sequences and isolates them. Others run one sequence at a time.
+PACKABLE = frozenset({"llama", "qwen2", "qwen3", "mistral", "phi3", "olmo2", "granite", "smollm3"})
+
+
+def supports_packing(model: Any) -> bool:
+    """True where sequences packed into one row with restarting position ids stay independent."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = getattr(base, "config", None)
+    if getattr(cfg, "model_type", None) not in PACKABLE:
+        return False
+    if getattr(cfg, "_attn_implementation", "sdpa") not in ("sdpa", "eager", None):
+        return False  # flash-attention kernels take packed input through other arguments
+    try:
+        from transformers.masking_utils import find_packed_sequence_indices  # noqa: F401
+    except ImportError:  # transformers before packed-sequence masks
+        return False
+    return True
+
+
+def _pieces(inputs: dict[str, Any], unpadded: bool, pack: bool) -> list[tuple[Any, Any, Any, Any]]:
+    """(input ids, attention mask, position ids, shifted targets) for each forward pass.
+
+    Targets are the labels shifted left by one within each sequence (-100 after its last token),
+    so that position ``t`` of a piece predicts ``targets[t]``.
+    """
+    import torch
+
     ids, mask, labels = inputs["input_ids"], inputs.get("attention_mask"), inputs["labels"]
+    stop = torch.full_like(labels[:, :1], IGNORE_INDEX)
     if mask is None or not unpadded:
-        return [(ids, mask, labels)]
-    out = []
+        return [(ids, mask, None, torch.cat([labels[:, 1:], stop], dim=1))]
+    rows = []
     for row in range(ids.shape[0]):
         keep = mask[row].bool()
-        out.append((ids[row][keep][None], None, labels[row][keep][None]))
-    return out
+        seq, lab = ids[row][keep], labels[row][keep]
+        rows.append((seq, torch.cat([lab[1:], stop[0]])))
+    if pack and len(rows) > 1:
+        positions = torch.cat([torch.arange(len(seq), device=ids.device) for seq, _ in rows])
+        packed = torch.cat([seq for seq, _ in rows])[None]
+        return [(packed, None, positions[None], torch.cat([t for _, t in rows])[None])]
+    return [(seq[None], None, None, t[None]) for seq, t in rows]
 
 
 def causal_lm_loss(
@@ -63,12 +101,17 @@ def causal_lm_loss(
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     total = None
-    for ids, mask, labels in _pieces(inputs, unpadded):
-        hidden = base.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
-        targets = labels[:, 1:]
+    for ids, mask, positions, targets in _pieces(inputs, unpadded, unpadded and supports_packing(base)):
+        kw = {"position_ids": positions, "use_cache": False} if positions is not None else {}
+        hidden = base.model(input_ids=ids, attention_mask=mask, **kw).last_hidden_state
         keep = targets != IGNORE_INDEX
+        head = base.lm_head
+        if label_logits_only and _fusable(head):
+            loss = label_cross_entropy(hidden[keep], head.weight, targets[keep])
+            total = loss if total is None else total + loss
+            continue
         if label_logits_only:
-            logits = base.lm_head(hidden[keep])
+            logits = head(hidden[keep])
         else:
             logits = base.lm_head(hidden)[keep]
         loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
@@ -76,6 +119,79 @@ def causal_lm_loss(
     if num_items is None:
         num_items = (inputs["labels"][:, 1:] != IGNORE_INDEX).sum()
     return total / num_items
+
+
+def _fusable(head: Any) -> bool:
+    import torch
+
+    return (
+        type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad
+    )  # a trained LM head (full fine-tuning) takes the plain path, which also gives its gradient
+
+
+# Rows of logits computed at once: bounds the fp32 logits in flight to about 32 MB.
+CE_CHUNK_ELEMENTS = 8 * 1024 * 1024
+
+
+def label_cross_entropy(hidden: Any, weight: Any, targets: Any) -> Any:
+    """Summed cross-entropy of ``hidden @ weight.T`` against ``targets``, logits never kept.
+
+    The logits are computed a chunk of rows at a time; with gradients enabled, each chunk's
+    gradient with respect to ``hidden`` ((softmax - one-hot) @ weight) is computed at once and only
+    that (rows x hidden size) is kept for the backward pass, instead of two (rows x vocabulary)
+    logit tensors. Under autocast the products run in its dtype, as ``nn.Linear`` would; the loss
+    is computed in fp32 (as ``logits.float()`` would). ``weight`` must be frozen.
+    """
+    return _LabelCE.apply(hidden, weight, targets)
+
+
+def _make_label_ce() -> Any:
+    import torch
+
+    class LabelCE(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, hidden: Any, weight: Any, targets: Any) -> Any:
+            dt = hidden.dtype
+            if torch.is_autocast_enabled(hidden.device.type):
+                dt = torch.get_autocast_dtype(hidden.device.type)
+            h, w = hidden.to(dt), weight.to(dt)
+            need_grad = ctx.needs_input_grad[0]
+            rows = max(1, CE_CHUNK_ELEMENTS // w.shape[0])
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grads = []
+            for start in range(0, h.shape[0], rows):
+                hc, tc = h[start : start + rows], targets[start : start + rows]
+                logits = (hc @ w.T).float()
+                lse = torch.logsumexp(logits, dim=-1)
+                total += (lse - logits.gather(1, tc[:, None]).squeeze(1)).sum()
+                if need_grad:
+                    probs = logits.sub_(lse[:, None]).exp_()
+                    probs[torch.arange(len(tc), device=tc.device), tc] -= 1
+                    grads.append((probs.to(dt) @ w).to(hidden.dtype))
+            if need_grad:
+                ctx.save_for_backward(torch.cat(grads) if grads else hidden.new_zeros(hidden.shape))
+            return total
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> tuple[Any, None, None]:
+            (grad_hidden,) = ctx.saved_tensors
+            return grad_hidden * grad.to(grad_hidden.dtype), None, None
+
+    return LabelCE
+
+
+class _Lazy:
+    """Defers building the autograd Function (and importing torch) to first use."""
+
+    fn: Any = None
+
+    def apply(self, *args: Any) -> Any:
+        if _Lazy.fn is None:
+            _Lazy.fn = _make_label_ce()
+        return _Lazy.fn.apply(*args)
+
+
+_LabelCE = _Lazy()
 
 
 def make_trainer(unpadded: bool, label_logits_only: bool, **kwargs: Any) -> Any:
@@ -89,7 +205,10 @@ def make_trainer(unpadded: bool, label_logits_only: bool, **kwargs: Any) -> Any:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             # Normalised by the label count of the whole accumulated batch, like HF's own loss.
             self.loss_is_scaled_for_ga = num_items_in_batch is not None
-            loss = causal_lm_loss(model, inputs, num_items_in_batch, unpadded, label_logits_only)
+            # The fast path calls the model's submodules, past the forward that accelerate wraps in
+            # autocast, so it enters the mixed-precision context itself.
+            with self.accelerator.autocast():
+                loss = causal_lm_loss(model, inputs, num_items_in_batch, unpadded, label_logits_only)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 # The count spans every process (as the Trainer gathers it); scale back as HF's own
                 # loss does, so multi-process losses match a single process.

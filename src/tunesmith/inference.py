@@ -158,7 +158,7 @@ def _refuse_classifier(run_dir: Path, card: RunCard) -> None:
 
         raise RunDirError(
             f"{run_dir} holds a text classifier (model.task: classification), not a chat model; "
-            "load it with tunesmith.classify.load_classifier"
+            f"label texts with `tunesmith classify {run_dir} TEXT` (or tunesmith.classify.load_classifier)"
         )
 
 

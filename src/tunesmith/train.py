@@ -25,9 +25,15 @@ from .distributed import (
 from .errors import ConfigError, RunDirError
 from .fastloss import make_trainer
 from .files import atomic_write_json, sha256_text
+from .levers import (
+    FROZEN_BF16_METHODS,
+    restore_fp32,
+    store_frozen_in_bf16,
+    use_fast_dropout,
+)
 from .logs import get_logger
 from .methods import apply_method, check_method, count_parameters, load_for_training, weights_dir
-from .modeling import load_tokenizer, pick_device, pick_dtype, resolve_source
+from .modeling import load_model, load_tokenizer, pick_device, pick_dtype, resolve_source
 from .optim import lr_factor_fn, optimizer_spec
 from .replay import load_replay, mix_replay
 from .runcard import RUN_CARD, RunCard, write_run_card
@@ -216,6 +222,24 @@ def _save_atomically(save: Any, target: Path) -> None:
     tmp.rename(target)
 
 
+def _apply_levers(cfg: Config, model: Any, dtype: str) -> list[str]:
+    """Switch on the model-side speed levers that apply; return the modules stored in bf16."""
+    frozen: list[str] = []
+    if (
+        cfg.train.frozen_bf16
+        and dtype == "bfloat16"
+        and cfg.lora.method in FROZEN_BF16_METHODS
+        and "deepspeed" not in cfg.train.trainer_args  # DeepSpeed manages the weights' dtypes itself
+    ):
+        frozen = store_frozen_in_bf16(model)
+        log.info("frozen linear weights stored in bf16: %d modules", len(frozen))
+    if cfg.train.fast_dropout:
+        swapped = use_fast_dropout(model)
+        if swapped:
+            log.debug("LoRA dropout: %d modules draw masks with rand >= p", swapped)
+    return frozen
+
+
 def run_train(cfg: Config, callbacks: list[Any] | None = None) -> Path:
     """Fine-tune ``cfg.model.source`` on ``cfg.data`` with LoRA; return the finished run dir.
 
@@ -288,6 +312,7 @@ def run_train(cfg: Config, callbacks: list[Any] | None = None) -> Path:
     set_seed(cfg.train.seed)
     model = load_for_training(source.path, cfg.lora, device, dtype, cfg.model.trust_remote_code)
     model = apply_method(model, cfg.lora, source.path, cfg.train.gradient_checkpointing)
+    frozen_bf16 = _apply_levers(cfg, model, dtype)
     trainable, total = count_parameters(model)
     log.info(
         "device %s, compute dtype %s; trainable parameters %d of %d (%.2f%%)",
@@ -346,6 +371,10 @@ def run_train(cfg: Config, callbacks: list[Any] | None = None) -> Path:
         return run_dir
     _save_atomically(model.save_pretrained, run_dir / weights_dir(cfg.lora.method))  # adapter or full weights
     if cfg.lora.merge:
+        if frozen_bf16:  # merge into the original fp32 weights, not their bf16 training copies
+            fresh = load_model(source.path, "float32", device, cfg.model.trust_remote_code)
+            restore_fp32(model, frozen_bf16, fresh)
+            del fresh
         _save_atomically(model.merge_and_unload().save_pretrained, run_dir / "merged")
         tokenizer.save_pretrained(run_dir / "merged")
     _save_atomically(tokenizer.save_pretrained, run_dir / "tokenizer")
