@@ -44,13 +44,27 @@ def files(run_dir):
     return {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()}
 
 
-def test_two_processes_follow_the_single_process_loss_curve(tmp_path, tiny_qwen):
-    one = run_train(load_config(None, common(tiny_qwen, tmp_path / "one", batch_size=4)))
+LAUNCHERS = {
+    "torchrun": ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"],
+    # accelerate's multi-process launcher (it runs torch.distributed; gloo on CPUs)
+    "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    + ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"],
+}
 
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory, tiny_qwen):
+    out = tmp_path_factory.mktemp("one") / "run"
+    return run_train(load_config(None, common(tiny_qwen, out, batch_size=4)))
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_processes_follow_the_single_process_loss_curve(tmp_path, tiny_qwen, one_process_run, launcher):
+    one = one_process_run
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("train:\n  seed: 42\n", encoding="utf-8")
-    launcher = ["--nproc_per_node", "2", "--standalone", "-m", "tunesmith.cli", "train", str(cfg_file)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", *launcher, *common(tiny_qwen, tmp_path / "two", 2)]
+    train = ["-m", "tunesmith.cli", "train", str(cfg_file)]
+    cmd = [sys.executable, *LAUNCHERS[launcher], *train, *common(tiny_qwen, tmp_path / "two", 2)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
