@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="chat with a trained run directory in the terminal",
         description="Chat with a run directory; template and system prompt come from its run card.",
     )
-    p.add_argument("run_dir", help="a run directory written by `tunesmith train`")
+    p.add_argument("run_dir", help="a run directory (from train) or an export folder (from export)")
     p.add_argument("--prompt", action="append", help="answer this and exit (repeatable)")
     p.add_argument("--base", action="store_true", help="answer with the base model alone")
     p.add_argument("--compare", action="store_true", help="with --prompt: print base and fine-tuned answers")
