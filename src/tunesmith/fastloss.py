@@ -19,6 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+
 IGNORE_INDEX = -100
 
 
@@ -64,8 +67,6 @@ def _pieces(inputs: dict[str, Any], unpadded: bool, pack: bool) -> list[tuple[An
     Targets are the labels shifted left by one within each sequence (-100 after its last token),
     so that position ``t`` of a piece predicts ``targets[t]``.
     """
-    import torch
-
     ids, mask, labels = inputs["input_ids"], inputs.get("attention_mask"), inputs["labels"]
     stop = torch.full_like(labels[:, :1], IGNORE_INDEX)
     if mask is None or not unpadded:
@@ -97,8 +98,6 @@ def causal_lm_loss(
         num_items: label-token count to divide by (the whole accumulated batch, as the Trainer
             passes it); defaults to this batch's label tokens.
     """
-    import torch.nn.functional as F
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     total = None
     for ids, mask, positions, targets in _pieces(inputs, unpadded, unpadded and supports_packing(base)):
@@ -122,11 +121,9 @@ def causal_lm_loss(
 
 
 def _fusable(head: Any) -> bool:
-    import torch
-
-    return (
-        type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad
-    )  # a trained LM head (full fine-tuning) takes the plain path, which also gives its gradient
+    """A frozen, bias-free linear LM head. A trained head (full fine-tuning) takes the plain path,
+    which also gives its gradient."""
+    return type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad
 
 
 # Rows of logits computed at once: bounds the fp32 logits in flight to about 32 MB.
@@ -145,53 +142,34 @@ def label_cross_entropy(hidden: Any, weight: Any, targets: Any) -> Any:
     return _LabelCE.apply(hidden, weight, targets)
 
 
-def _make_label_ce() -> Any:
-    import torch
-
-    class LabelCE(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx: Any, hidden: Any, weight: Any, targets: Any) -> Any:
-            dt = hidden.dtype
-            if torch.is_autocast_enabled(hidden.device.type):
-                dt = torch.get_autocast_dtype(hidden.device.type)
-            h, w = hidden.to(dt), weight.to(dt)
-            need_grad = ctx.needs_input_grad[0]
-            rows = max(1, CE_CHUNK_ELEMENTS // w.shape[0])
-            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-            grads = []
-            for start in range(0, h.shape[0], rows):
-                hc, tc = h[start : start + rows], targets[start : start + rows]
-                logits = (hc @ w.T).float()
-                lse = torch.logsumexp(logits, dim=-1)
-                total += (lse - logits.gather(1, tc[:, None]).squeeze(1)).sum()
-                if need_grad:
-                    probs = logits.sub_(lse[:, None]).exp_()
-                    probs[torch.arange(len(tc), device=tc.device), tc] -= 1
-                    grads.append((probs.to(dt) @ w).to(hidden.dtype))
+class _LabelCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, hidden: Any, weight: Any, targets: Any) -> Any:
+        dt = hidden.dtype
+        if torch.is_autocast_enabled(hidden.device.type):
+            dt = torch.get_autocast_dtype(hidden.device.type)
+        h, w = hidden.to(dt), weight.to(dt)
+        need_grad = ctx.needs_input_grad[0]
+        rows = max(1, CE_CHUNK_ELEMENTS // w.shape[0])
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grads = []
+        for start in range(0, h.shape[0], rows):
+            hc, tc = h[start : start + rows], targets[start : start + rows]
+            logits = (hc @ w.T).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, tc[:, None]).squeeze(1)).sum()
             if need_grad:
-                ctx.save_for_backward(torch.cat(grads) if grads else hidden.new_zeros(hidden.shape))
-            return total
+                probs = logits.sub_(lse[:, None]).exp_()
+                probs[torch.arange(len(tc), device=tc.device), tc] -= 1
+                grads.append((probs.to(dt) @ w).to(hidden.dtype))
+        if need_grad:
+            ctx.save_for_backward(torch.cat(grads) if grads else hidden.new_zeros(hidden.shape))
+        return total
 
-        @staticmethod
-        def backward(ctx: Any, grad: Any) -> tuple[Any, None, None]:
-            (grad_hidden,) = ctx.saved_tensors
-            return grad_hidden * grad.to(grad_hidden.dtype), None, None
-
-    return LabelCE
-
-
-class _Lazy:
-    """Defers building the autograd Function (and importing torch) to first use."""
-
-    fn: Any = None
-
-    def apply(self, *args: Any) -> Any:
-        if _Lazy.fn is None:
-            _Lazy.fn = _make_label_ce()
-        return _Lazy.fn.apply(*args)
-
-
-_LabelCE = _Lazy()
+    @staticmethod
+    def backward(ctx: Any, grad: Any) -> tuple[Any, None, None]:
+        (grad_hidden,) = ctx.saved_tensors
+        return grad_hidden * grad.to(grad_hidden.dtype), None, None
 
 
 def make_trainer(unpadded: bool, label_logits_only: bool, **kwargs: Any) -> Any:
