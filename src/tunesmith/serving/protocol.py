@@ -51,6 +51,13 @@ def error_body(message: str, type: str, param: str | None = None, code: str | No
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+def _refuse_if_set(v: Any) -> Any:
+    """Field validator for accepted-but-unsupported fields: any truthy value is a 400."""
+    if v:
+        raise _unsupported("this field")
+    return v
+
+
 class _Strict(BaseModel):
     # Unknown fields are ignored, as OpenAI clients send newer fields freely; known fields are typed
     # strictly so that "0.5" for a number is a 400, not a silent coercion.
@@ -103,12 +110,7 @@ class SamplingFields(_Strict):
             raise _unsupported("a non-zero presence/frequency penalty", "; use repetition_penalty")
         return v
 
-    @field_validator("logprobs", "logit_bias")
-    @classmethod
-    def _falsy(cls, v: Any) -> Any:
-        if v:
-            raise _unsupported("this field")
-        return v
+    _falsy = field_validator("logprobs", "logit_bias")(_refuse_if_set)
 
     @field_validator("stop")
     @classmethod
@@ -194,12 +196,7 @@ class CompletionRequest(SamplingFields):
             raise ValueError(f"give 1 to {MAX_PROMPTS} prompts")
         return v
 
-    @field_validator("echo", "suffix")
-    @classmethod
-    def _no_echo(cls, v: Any) -> Any:
-        if v:
-            raise _unsupported("this field")
-        return v
+    _no_echo = field_validator("echo", "suffix")(_refuse_if_set)
 
     @field_validator("best_of")
     @classmethod
