@@ -33,7 +33,7 @@ from .logs import get_logger
 from .methods import LORA_METHODS, apply_method, count_parameters, weights_dir
 from .modeling import load_tokenizer, pick_device, pick_dtype, resolve_source
 from .optim import lr_factor_fn, optimizer_spec
-from .runcard import RunCard, read_run_card, write_run_card
+from .runcard import RunCard, base_model_record, read_run_card, write_run_card
 
 log = get_logger(__name__)
 
@@ -300,12 +300,7 @@ def run_classify(cfg: Config, callbacks: list[Any] | None = None) -> Path:
     _save_atomically(model.save_pretrained, run_dir / weights_dir(cfg.lora.method))
     _save_atomically(tokenizer.save_pretrained, run_dir / "tokenizer")
     card = RunCard(
-        base_model={
-            "source": source.spec,
-            "kind": source.kind,
-            "content_hash": source.content_hash,
-            "revision": cfg.model.revision,
-        },
+        base_model=base_model_record(source, cfg.model.revision),
         template={},
         system_prompt=None,
         generation={},

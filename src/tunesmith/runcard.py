@@ -18,6 +18,16 @@ FORMAT_VERSION = 1
 EXPORTED = "merged"  # RunCard.method of a directory written by `tunesmith export`
 
 
+def base_model_record(source: Any, revision: str | None) -> dict[str, Any]:
+    """The run card's ``base_model`` entry for a resolved model source (``modeling.ModelSource``)."""
+    return {
+        "source": source.spec,
+        "kind": source.kind,
+        "content_hash": source.content_hash,
+        "revision": revision,
+    }
+
+
 @dataclass
 class RunCard:
     base_model: dict[str, Any]  # spec, kind, content_hash

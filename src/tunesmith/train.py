@@ -36,7 +36,7 @@ from .methods import apply_method, check_method, count_parameters, load_for_trai
 from .modeling import load_model, load_tokenizer, pick_device, pick_dtype, resolve_source
 from .optim import lr_factor_fn, optimizer_spec
 from .replay import load_replay, mix_replay
-from .runcard import RUN_CARD, RunCard, write_run_card
+from .runcard import RUN_CARD, RunCard, base_model_record, write_run_card
 from .templates import ChatFormat, Example, encode_all, resolve_template
 
 log = get_logger(__name__)
@@ -379,12 +379,7 @@ def run_train(cfg: Config, callbacks: list[Any] | None = None) -> Path:
         tokenizer.save_pretrained(run_dir / "merged")
     _save_atomically(tokenizer.save_pretrained, run_dir / "tokenizer")
     card = RunCard(
-        base_model={
-            "source": source.spec,
-            "kind": source.kind,
-            "content_hash": source.content_hash,
-            "revision": cfg.model.revision,
-        },
+        base_model=base_model_record(source, cfg.model.revision),
         template={"fingerprint": fmt.fingerprint, "end_of_turn": fmt.eot_token},
         system_prompt=cfg.data.system_prompt,
         generation=cfg.generation.__dict__.copy(),
