@@ -15,6 +15,7 @@ TRAIN_SIDE = {"train", "inference", "chat", "serving", "webui", "evaluation", "e
     "cli_export",
     "cli_tune",
     "cli_classify",
+    "cli_args",
 }
 
 # module -> tunesmith modules it must never import

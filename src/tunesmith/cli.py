@@ -7,6 +7,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from .cli_args import add_sampling_args, sampling_overrides
 from .errors import TunesmithError
 
 
@@ -34,29 +35,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sampling_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("sampling (defaults come from the run card)")
-    g.add_argument("--temperature", type=float, help="0 = greedy")
-    g.add_argument("--top-p", type=float)
-    g.add_argument("--top-k", type=int)
-    g.add_argument("--repetition-penalty", type=float)
-    g.add_argument("--max-new-tokens", type=int)
-    g.add_argument("--seed", type=int, help="sampling seed for reproducible answers")
-
-
 def _cmd_chat(args: argparse.Namespace) -> int:
     from .chat import chat_loop
     from .inference import load_chatbot
 
     bot = load_chatbot(args.run_dir, device=args.device, base_only=args.base and not args.compare)
-    sampling = bot.defaults.updated(
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        repetition_penalty=args.repetition_penalty,
-        max_new_tokens=args.max_new_tokens,
-        seed=args.seed,
-    )
+    sampling = bot.defaults.updated(**sampling_overrides(args))
     if not args.prompt:
         chat_loop(bot, sampling, input, sys.stdout, base=args.base)
         return 0
@@ -103,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", action="store_true", help="answer with the base model alone")
     p.add_argument("--compare", action="store_true", help="with --prompt: print base and fine-tuned answers")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    _sampling_args(p)
+    add_sampling_args(
+        p, "sampling (defaults come from the run card)", "sampling seed for reproducible answers"
+    )
     p.set_defaults(func=_cmd_chat)
 
     from .cli_classify import add_classify_parser

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-_SAMPLING = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens", "seed")
+from .cli_args import add_sampling_args, sampling_overrides
 
 
 def _at_least(low: int):  # noqa: ANN202
@@ -33,7 +33,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         sweep=sweep,
         samples=args.samples,
         batch_size=args.batch_size,
-        sampling={k: getattr(args, k) for k in _SAMPLING if getattr(args, k) is not None},
+        sampling=sampling_overrides(args),
         base_run=args.base_run,
         allow_different_base=args.allow_different_base,
         device=args.device,
@@ -101,11 +101,7 @@ def add_eval_parser(sub: Any) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print metrics.json instead of the summary")
-    g = p.add_argument_group("decoding (defaults come from the run card)")
-    g.add_argument("--temperature", type=float, help="0 = greedy")
-    g.add_argument("--top-p", type=float)
-    g.add_argument("--top-k", type=int)
-    g.add_argument("--repetition-penalty", type=float)
-    g.add_argument("--max-new-tokens", type=int)
-    g.add_argument("--seed", type=int, help="sampling seed (default 0, so reruns agree)")
+    add_sampling_args(
+        p, "decoding (defaults come from the run card)", "sampling seed (default 0, so reruns agree)"
+    )
     p.set_defaults(func=cmd_eval)
