@@ -28,3 +28,13 @@ def test_help_does_not_import_heavy_libraries():
 
 def test_subcommands_present():
     assert {"train", "chat"} <= set(SUBCOMMANDS)
+
+
+@pytest.mark.parametrize("command", ["chat", "eval"])
+def test_sampling_flags_become_overrides_and_unset_ones_stay_out(command):
+    from tunesmith.cli_args import sampling_overrides
+
+    extra = ["--data", "d.json"] if command == "eval" else []
+    argv = [command, "run", *extra, "--temperature", "0.3", "--top-k", "5", "--max-new-tokens", "7"]
+    args = build_parser().parse_args(argv)
+    assert sampling_overrides(args) == {"temperature": 0.3, "top_k": 5, "max_new_tokens": 7}
