@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from conftest import EXAMPLE_DATA, write_json
+from threads import one_thread
 from tunesmith.cli_eval import add_eval_parser
 from tunesmith.config import load_config
 from tunesmith.errors import ConfigError, DatasetError, RunDirError, TunesmithError
@@ -26,14 +27,9 @@ RECORDS = json.loads(EXAMPLE_DATA.read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy 2-core CI box lose a lot."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def one_thread_for_the_module():
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

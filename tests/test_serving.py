@@ -15,6 +15,7 @@ pytest.importorskip("prometheus_client")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
+from threads import one_thread  # noqa: E402
 from tunesmith.generation import Sampling  # noqa: E402
 from tunesmith.serving.app import create_app  # noqa: E402
 from tunesmith.serving.server import ServerThread, build_backend  # noqa: E402
@@ -36,18 +37,13 @@ def scaled_copy(run_dir, dest, factor: float):
 
 @pytest.fixture(scope="module")
 def server(tiny_run, tmp_path_factory):
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny model: one thread is fastest, and robust on a busy 2-core box
     alt = scaled_copy(tiny_run, tmp_path_factory.mktemp("alt") / "alt", 3.0)
     backend = build_backend({"tiny": tiny_run, "alt": alt}, device="cpu", batch_wait_ms=30)
     app = create_app(backend, api_key=KEY)
-    with ServerThread(app) as srv:
+    with one_thread(), ServerThread(app) as srv:
         srv.backend = backend
         srv.app = app
         yield srv
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

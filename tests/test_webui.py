@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from threads import one_thread
+
 pytest.importorskip("gradio")
 pytest.importorskip("fastapi")
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -45,18 +47,14 @@ WATCH = """
 
 @pytest.fixture(scope="module")
 def ui(tiny_run):
-    import torch
-
     from tunesmith.serving.server import ServerThread, build_backend
     from tunesmith.webui import create_webui_app
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    backend = build_backend({"tiny": tiny_run}, device="cpu")
-    with ServerThread(create_webui_app(backend, "tunesmith · tiny")) as srv:
-        srv.backend = backend
-        yield srv
-    torch.set_num_threads(threads)
+    with one_thread():
+        backend = build_backend({"tiny": tiny_run}, device="cpu")
+        with ServerThread(create_webui_app(backend, "tunesmith · tiny")) as srv:
+            srv.backend = backend
+            yield srv
 
 
 @pytest.fixture(scope="module")
