@@ -3,9 +3,10 @@
 (a) baseline — the tutorial recipe literally: HF Trainer, DataCollatorForSeq2Seq(padding=True),
     gradient checkpointing on (with enable_input_require_grads), fp32, no warmup, linear decay;
 (b) tunesmith's own `run_train` with its defaults (bf16 autocast where native, sequences packed
-    without padding, label-only fused cross-entropy, frozen weights stored in bf16, LoRA dropout
-    masks from rand >= p, no checkpointing), the schedule set to the same no-warmup linear decay
-    so the losses are comparable;
+    without padding, packed rows and label rows filled to a multiple of 64 so that shapes repeat,
+    label-only fused cross-entropy, frozen weights stored in bf16, LoRA dropout masks from
+    rand >= p, no checkpointing), the schedule set to the same no-warmup linear decay so the
+    losses are comparable;
 (c) the same as (b) with `train.gradient_checkpointing=true`: tunesmith's memory-saving setting.
 
 Both train the packaged SmolLM2-135M-Instruct with the same LoRA (r=8, alpha=32, dropout 0.1,

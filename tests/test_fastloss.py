@@ -38,7 +38,8 @@ def grads(model):
 
 @pytest.mark.parametrize("arch", ["tiny_qwen", "tiny_llama"])
 @pytest.mark.parametrize("unpadded, label_only", [(True, False), (False, True), (True, True)])
-def test_levers_match_plain_loss_and_gradients(request, arch, unpadded, label_only):
+@pytest.mark.parametrize("multiple", [0, 16])
+def test_levers_match_plain_loss_and_gradients(request, arch, unpadded, label_only, multiple):
     model = lora_model(request.getfixturevalue(arch))
     assert supports_fast_loss(model)
     inputs = batch(model.config.vocab_size)
@@ -50,13 +51,51 @@ def test_levers_match_plain_loss_and_gradients(request, arch, unpadded, label_on
     g_plain = grads(model)
 
     model.zero_grad()
-    fast = causal_lm_loss(model, inputs, n_items, unpadded=unpadded, label_logits_only=label_only)
+    fast = causal_lm_loss(
+        model, inputs, n_items, unpadded=unpadded, label_logits_only=label_only, pad_to_multiple_of=multiple
+    )
     fast.backward()
     g_fast = grads(model)
 
     assert fast.item() == pytest.approx(plain.item(), abs=ATOL)
     for name, g in g_plain.items():
         torch.testing.assert_close(g_fast[name], g, atol=ATOL, rtol=1e-4, msg=name)
+
+
+def test_packed_row_is_padded_by_a_sequence_of_its_own():
+    from tunesmith.fastloss import _pieces
+
+    inputs = batch(1000)  # sequences of 23, 9 and 17 tokens: 49
+    [(ids, mask, positions, targets)] = _pieces(inputs, unpadded=True, pack=True, multiple=16)
+    assert ids.shape == positions.shape == targets.shape == (1, 64)
+    assert mask is None
+    # the filler restarts the positions and has no targets; the real tokens are untouched
+    assert positions[0, 49:].tolist() == list(range(15))
+    assert (targets[0, 49:] == -100).all()
+    [(unfilled, _, _, real_targets)] = _pieces(inputs, unpadded=True, pack=True, multiple=0)
+    assert unfilled.shape == (1, 49)
+    assert torch.equal(ids[:, :49], unfilled) and torch.equal(targets[:, :49], real_targets)
+    # a lone sequence is padded too, with its positions made explicit
+    one = {k: v[:1] for k, v in inputs.items()}
+    [(ids, _, positions, _)] = _pieces(one, unpadded=True, pack=True, multiple=16)
+    assert ids.shape == (1, 32) and positions[0, :23].tolist() == list(range(23))
+
+
+@pytest.mark.parametrize("multiple", [0, 1, 4, 16])
+def test_label_cross_entropy_matches_plain_in_padded_chunks(monkeypatch, multiple):
+    import tunesmith.fastloss as fl
+
+    monkeypatch.setattr(fl, "CE_CHUNK_ELEMENTS", 5 * 50)  # 5 rows of a 50-word vocabulary a chunk
+    g = torch.Generator().manual_seed(4)
+    weight = torch.randn(50, 8, generator=g)
+    targets = torch.randint(0, 50, (13,), generator=g)
+    hidden = torch.randn(13, 8, generator=g, requires_grad=True)
+    plain = torch.nn.functional.cross_entropy(hidden @ weight.T, targets, reduction="sum")
+    (want,) = torch.autograd.grad(plain, hidden)
+    fused = fl.label_cross_entropy(hidden, weight, targets, multiple)
+    (got,) = torch.autograd.grad(fused, hidden)
+    assert fused.item() == pytest.approx(plain.item(), abs=ATOL)
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-5)
 
 
 def test_bf16_autocast_stays_close(tiny_qwen):

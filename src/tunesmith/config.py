@@ -107,6 +107,9 @@ class TrainConfig:
     )
     unpadded: bool = _f(True, "run each sequence without padding tokens (exact; same loss and gradients)")
     label_logits_only: bool = _f(True, "compute LM-head logits only where labels exist (exact)")
+    pad_to_multiple_of: int = _f(
+        64, "pad packed rows and label rows to a multiple of this many tokens: shapes repeat (exact; 0: off)"
+    )
     frozen_bf16: bool = _f(
         True, "under bf16 autocast, store frozen linear weights in bf16 once (exact; less memory)"
     )
@@ -346,6 +349,7 @@ def _check_ranges(cfg: Config) -> list[str]:
         ),
         (lambda: t.batch_size >= 1, "`train.batch_size` must be >= 1"),
         (lambda: t.grad_accum >= 1, "`train.grad_accum` must be >= 1"),
+        (lambda: t.pad_to_multiple_of >= 0, "`train.pad_to_multiple_of` must be >= 0 (0 = off)"),
         (lambda: 0 <= t.warmup_ratio < 1, "`train.warmup_ratio` must be in [0, 1)"),
         (lambda: 0 <= t.min_lr <= t.learning_rate, "`train.min_lr` must be in [0, learning_rate]"),
         (

@@ -61,11 +61,16 @@ def supports_packing(model: Any) -> bool:
     return True
 
 
-def _pieces(inputs: dict[str, Any], unpadded: bool, pack: bool) -> list[tuple[Any, Any, Any, Any]]:
+def _pieces(
+    inputs: dict[str, Any], unpadded: bool, pack: bool, multiple: int = 0
+) -> list[tuple[Any, Any, Any, Any]]:
     """(input ids, attention mask, position ids, shifted targets) for each forward pass.
 
     Targets are the labels shifted left by one within each sequence (-100 after its last token),
-    so that position ``t`` of a piece predicts ``targets[t]``.
+    so that position ``t`` of a piece predicts ``targets[t]``. A packed row is padded at its end
+    to a multiple of ``multiple`` tokens (0: not padded) by a filler sequence of its own (position
+    ids restarting at 0, no labels): the real sequences never attend to it and it adds nothing to
+    the loss, but the row lengths, and so the shapes of every product, repeat from batch to batch.
     """
     ids, mask, labels = inputs["input_ids"], inputs.get("attention_mask"), inputs["labels"]
     stop = torch.full_like(labels[:, :1], IGNORE_INDEX)
@@ -76,7 +81,10 @@ def _pieces(inputs: dict[str, Any], unpadded: bool, pack: bool) -> list[tuple[An
         keep = mask[row].bool()
         seq, lab = ids[row][keep], labels[row][keep]
         rows.append((seq, torch.cat([lab[1:], stop[0]])))
-    if pack and len(rows) > 1:
+    if pack and (len(rows) > 1 or multiple > 1):
+        fill = -sum(len(seq) for seq, _ in rows) % multiple if multiple > 1 else 0
+        if fill:
+            rows.append((ids.new_zeros(fill), labels.new_full((fill,), IGNORE_INDEX)))
         positions = torch.cat([torch.arange(len(seq), device=ids.device) for seq, _ in rows])
         packed = torch.cat([seq for seq, _ in rows])[None]
         return [(packed, None, positions[None], torch.cat([t for _, t in rows])[None])]
@@ -89,6 +97,7 @@ def causal_lm_loss(
     num_items: Any = None,
     unpadded: bool = True,
     label_logits_only: bool = True,
+    pad_to_multiple_of: int = 0,
 ) -> Any:
     """Token-level cross-entropy of a causal LM, summed over label tokens / ``num_items``.
 
@@ -97,16 +106,19 @@ def causal_lm_loss(
         inputs: ``input_ids``, ``attention_mask`` and ``labels`` (-100 = no loss).
         num_items: label-token count to divide by (the whole accumulated batch, as the Trainer
             passes it); defaults to this batch's label tokens.
+        pad_to_multiple_of: pad packed rows, and the label rows of the fused loss, to a multiple
+            of this many tokens so that shapes repeat (0: off). Padding never changes the loss.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     total = None
-    for ids, mask, positions, targets in _pieces(inputs, unpadded, unpadded and supports_packing(base)):
+    pack = unpadded and supports_packing(base)
+    for ids, mask, positions, targets in _pieces(inputs, unpadded, pack, pad_to_multiple_of):
         kw = {"position_ids": positions, "use_cache": False} if positions is not None else {}
         hidden = base.model(input_ids=ids, attention_mask=mask, **kw).last_hidden_state
         keep = targets != IGNORE_INDEX
         head = base.lm_head
         if label_logits_only and _fusable(head):
-            loss = label_cross_entropy(hidden[keep], head.weight, targets[keep])
+            loss = label_cross_entropy(hidden[keep], head.weight, targets[keep], pad_to_multiple_of)
             total = loss if total is None else total + loss
             continue
         if label_logits_only:
@@ -130,7 +142,7 @@ def _fusable(head: Any) -> bool:
 CE_CHUNK_ELEMENTS = 8 * 1024 * 1024
 
 
-def label_cross_entropy(hidden: Any, weight: Any, targets: Any) -> Any:
+def label_cross_entropy(hidden: Any, weight: Any, targets: Any, multiple: int = 0) -> Any:
     """Summed cross-entropy of ``hidden @ weight.T`` against ``targets``, logits never kept.
 
     The logits are computed a chunk of rows at a time; with gradients enabled, each chunk's
@@ -138,41 +150,51 @@ def label_cross_entropy(hidden: Any, weight: Any, targets: Any) -> Any:
     that (rows x hidden size) is kept for the backward pass, instead of two (rows x vocabulary)
     logit tensors. Under autocast the products run in its dtype, as ``nn.Linear`` would; the loss
     is computed in fp32 (as ``logits.float()`` would). ``weight`` must be frozen.
+
+    With ``multiple`` > 1 the rows are padded with zero rows, which count for nothing, to a multiple
+    of it, and the chunks are multiples of it too, so the products' shapes repeat across calls.
     """
-    return _LabelCE.apply(hidden, weight, targets)
+    return _LabelCE.apply(hidden, weight, targets, multiple)
 
 
 class _LabelCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, hidden: Any, weight: Any, targets: Any) -> Any:
+    def forward(ctx: Any, hidden: Any, weight: Any, targets: Any, multiple: int) -> Any:
         dt = hidden.dtype
         if torch.is_autocast_enabled(hidden.device.type):
             dt = torch.get_autocast_dtype(hidden.device.type)
         h, w = hidden.to(dt), weight.to(dt)
         need_grad = ctx.needs_input_grad[0]
+        n = h.shape[0]
         rows = max(1, CE_CHUNK_ELEMENTS // w.shape[0])
+        if multiple > 1:
+            rows = max(multiple, rows // multiple * multiple)
+            if n % multiple:
+                h = torch.cat([h, h.new_zeros(multiple - n % multiple, h.shape[1])])
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grads = []
-        for start in range(0, h.shape[0], rows):
+        for start in range(0, n, rows):
             hc, tc = h[start : start + rows], targets[start : start + rows]
+            real = len(tc)  # the rows past it are padding
             logits = (hc @ w.T).float()
             lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, tc[:, None]).squeeze(1)).sum()
+            total += (lse[:real] - logits[:real].gather(1, tc[:, None]).squeeze(1)).sum()
             if need_grad:
                 probs = logits.sub_(lse[:, None]).exp_()
-                probs[torch.arange(len(tc), device=tc.device), tc] -= 1
-                grads.append((probs.to(dt) @ w).to(hidden.dtype))
+                probs[torch.arange(real, device=tc.device), tc] -= 1
+                probs[real:] = 0
+                grads.append((probs.to(dt) @ w)[:real].to(hidden.dtype))
         if need_grad:
             ctx.save_for_backward(torch.cat(grads) if grads else hidden.new_zeros(hidden.shape))
         return total
 
     @staticmethod
-    def backward(ctx: Any, grad: Any) -> tuple[Any, None, None]:
+    def backward(ctx: Any, grad: Any) -> tuple[Any, None, None, None]:
         (grad_hidden,) = ctx.saved_tensors
-        return grad_hidden * grad.to(grad_hidden.dtype), None, None
+        return grad_hidden * grad.to(grad_hidden.dtype), None, None, None
 
 
-def make_trainer(unpadded: bool, label_logits_only: bool, **kwargs: Any) -> Any:
+def make_trainer(unpadded: bool, label_logits_only: bool, pad_to_multiple_of: int = 0, **kwargs: Any) -> Any:
     """A transformers Trainer whose loss uses the exact levers above where the model allows."""
     from transformers import Trainer
 
@@ -186,7 +208,9 @@ def make_trainer(unpadded: bool, label_logits_only: bool, **kwargs: Any) -> Any:
             # The fast path calls the model's submodules, past the forward that accelerate wraps in
             # autocast, so it enters the mixed-precision context itself.
             with self.accelerator.autocast():
-                loss = causal_lm_loss(model, inputs, num_items_in_batch, unpadded, label_logits_only)
+                loss = causal_lm_loss(
+                    model, inputs, num_items_in_batch, unpadded, label_logits_only, pad_to_multiple_of
+                )
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 # The count spans every process (as the Trainer gathers it); scale back as HF's own
                 # loss does, so multi-process losses match a single process.

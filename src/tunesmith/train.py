@@ -329,6 +329,7 @@ def run_train(cfg: Config, callbacks: list[Any] | None = None) -> Path:
     trainer = make_trainer(
         cfg.train.unpadded,
         cfg.train.label_logits_only,
+        cfg.train.pad_to_multiple_of,
         model=model,
         args=args,
         train_dataset=_ListDataset(train_ex),
