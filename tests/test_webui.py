@@ -135,10 +135,13 @@ def test_type_a_message_and_see_the_streamed_answer(ui, browser, tmp_path):
     page.wait_for_function(
         "() => document.querySelectorAll('#chat-main [data-testid=\"user\"]').length === 2", timeout=60_000
     )
+    # Clear while the second answer may still be streaming: the chat empties and stays empty.
     page.locator("#clear").click()
     page.wait_for_function(
         "() => !document.querySelector('#chat-main [data-testid=\"user\"]')", timeout=30_000
     )
+    time.sleep(2)  # long enough for a stream that was not stopped to write the conversation back
+    assert page.locator("#chat-main [data-testid='user']").count() == 0
     page.close()
 
 

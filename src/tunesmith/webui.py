@@ -130,9 +130,14 @@ def build_webui(backend: Backend, title: str = "tunesmith") -> Any:
         ]
         outputs = [prompt, chat, chat_base]
         # No Gradio concurrency limit: the backend queues and batches visitors itself.
-        send.click(respond, inputs, outputs, concurrency_limit=None)
-        prompt.submit(respond, inputs, outputs, concurrency_limit=None)
-        clear.click(lambda: ([], []), None, [chat, chat_base])
+        sent = send.click(respond, inputs, outputs, concurrency_limit=None)
+        submitted = prompt.submit(respond, inputs, outputs, concurrency_limit=None)
+        # Clear first stops any answer still streaming (closing the stream cancels its generation),
+        # then empties the chats: cleared first, the stream's next chunk would write the old
+        # conversation back.
+        clear.click(None, None, None, cancels=[sent, submitted]).then(
+            lambda: ([], []), None, [chat, chat_base]
+        )
         compare.change(lambda on: gr.update(visible=on), compare, chat_base)
         model.change(lambda n: gr.update(label=n), model, chat)
         page.load(lambda n: gr.update(label=n), model, chat)
