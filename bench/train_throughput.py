@@ -20,6 +20,13 @@ the same run for model FLOPs utilisation (MFU).
 
     .venv/bin/python bench/train_throughput.py --quick            # N=64, a few minutes
     .venv/bin/python bench/train_throughput.py --records 256      # the fuller run
+    .venv/bin/python bench/train_throughput.py --quick --qwen2-shaped \
+        --out bench/results/train_throughput_qwen2_shaped.json
+
+`--model` takes any tunesmith model source. `--qwen2-shaped` trains a Qwen2 model of
+Qwen2.5-0.5B-Instruct's shape (24 layers, hidden 896, 151,936-word vocabulary, tied head) with
+random weights and SmolLM2's tokenizer, for the speed ratio on that architecture where its real
+weights are not at hand; its losses compare the two recipes with each other, nothing more.
 """
 
 from __future__ import annotations
@@ -51,7 +58,37 @@ def data_file(n: int, tmp: Path) -> Path:
     return path
 
 
-def run_baseline(data: Path, out: Path) -> dict:
+def qwen2_shaped(where: Path) -> str:
+    """A randomly initialised Qwen2ForCausalLM in Qwen2.5-0.5B-Instruct's shape, saved under
+    ``where`` with the packaged SmolLM2 tokenizer (its ids fit the larger vocabulary)."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from tunesmith.modeling import resolve_source
+
+    tok = AutoTokenizer.from_pretrained(resolve_source(MODEL).path)
+    cfg = Qwen2Config(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(cfg).save_pretrained(where)
+    tok.save_pretrained(where)
+    return str(where)
+
+
+def run_baseline(data: Path, out: Path, model_source: str = MODEL) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
@@ -59,7 +96,7 @@ def run_baseline(data: Path, out: Path) -> dict:
     from tunesmith.modeling import load_model, load_tokenizer, resolve_source
     from tunesmith.templates import ChatFormat
 
-    src = resolve_source(MODEL)
+    src = resolve_source(model_source)
     tok = load_tokenizer(src.path)
     fmt = ChatFormat(tok)
     examples = [fmt.encode(c, 384) for c in load_records(data, system_prompt=SYSTEM)]
@@ -104,14 +141,14 @@ def run_baseline(data: Path, out: Path) -> dict:
     return {"tokens": trainer.state.num_input_tokens_seen, "seconds": elapsed, "losses": losses}
 
 
-def run_tunesmith(data: Path, out: Path, *extra: str) -> dict:
+def run_tunesmith(data: Path, out: Path, *extra: str, model_source: str = MODEL) -> dict:
     from tunesmith.config import load_config
     from tunesmith.train import run_train
 
     cfg = load_config(
         None,
         [
-            f"model.source={MODEL}",
+            f"model.source={model_source}",
             f"data.path={data}",
             f"data.system_prompt={SYSTEM}",
             "data.val_fraction=0",
@@ -141,17 +178,17 @@ def run_tunesmith(data: Path, out: Path, *extra: str) -> dict:
 KINDS = ("baseline", "tunesmith", "tunesmith_checkpointed", "tunesmith_unfilled")
 
 
-def worker(kind: str, data: Path, result: Path) -> None:
+def worker(kind: str, data: Path, result: Path, model: str = MODEL) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         if kind == "baseline":
-            res = run_baseline(data, out)
+            res = run_baseline(data, out, model)
         elif kind == "tunesmith":
-            res = run_tunesmith(data, out)
+            res = run_tunesmith(data, out, model_source=model)
         elif kind == "tunesmith_checkpointed":  # the memory-saving setting: levers + checkpointing
-            res = run_tunesmith(data, out, "train.gradient_checkpointing=true")
+            res = run_tunesmith(data, out, "train.gradient_checkpointing=true", model_source=model)
         else:  # rows not filled to a multiple of 64 tokens: every micro-batch has new shapes
-            res = run_tunesmith(data, out, "train.pad_to_multiple_of=0")
+            res = run_tunesmith(data, out, "train.pad_to_multiple_of=0", model_source=model)
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result.write_text(json.dumps(res), encoding="utf-8")
 
@@ -170,14 +207,14 @@ def matmul_ceiling() -> float:
     return 2 * 2048**3 * n / (time.perf_counter() - t0) / 1e9
 
 
-def flops_per_token() -> tuple[float, float]:
+def flops_per_token(model: str = MODEL) -> tuple[float, float]:
     """LoRA training FLOPs per non-padding token (forward + input gradients = 4 x non-embedding
     parameters) and per label token through the tied LM head (4 x hidden x vocab)."""
     from transformers import AutoConfig
 
     from tunesmith.modeling import resolve_source
 
-    cfg = AutoConfig.from_pretrained(resolve_source(MODEL).path)
+    cfg = AutoConfig.from_pretrained(resolve_source(model).path)
     h, i, n_layers, v = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
     kv = cfg.num_key_value_heads * (h // cfg.num_attention_heads)
     per_layer = h * h * 2 + h * kv * 2 + 3 * h * i
@@ -194,27 +231,33 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=256)
     ap.add_argument("--quick", action="store_true", help="64 records (a few minutes)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "train_throughput.json"))
+    ap.add_argument("--model", default=MODEL, help="a tunesmith model source (default: %(default)s)")
+    ap.add_argument("--qwen2-shaped", action="store_true", help="random weights in Qwen2.5-0.5B's shape")
     ap.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        return worker(args.worker, Path(args.data), Path(args.result))
+        return worker(args.worker, Path(args.data), Path(args.result), args.model)
     n = 64 if args.quick else args.records
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         data = data_file(n, Path(tmp))
+        model, label = args.model, args.model
+        if args.qwen2_shaped:
+            model = qwen2_shaped(Path(tmp) / "qwen2-shaped")
+            label = "Qwen2ForCausalLM in Qwen2.5-0.5B's shape, random weights, SmolLM2 tokenizer"
         for kind in KINDS:
             res = Path(tmp) / f"{kind}.json"
             cmd = [sys.executable, __file__, "--worker", kind, "--data", str(data), "--result", str(res)]
-            subprocess.run(cmd, check=True)
+            subprocess.run([*cmd, "--model", model], check=True)
             runs[kind] = json.loads(res.read_text(encoding="utf-8"))
+        per_tok, per_label = flops_per_token(model)
     ceiling = matmul_ceiling()
-    per_tok, per_label = flops_per_token()
     b, t, c, u = (runs[k] for k in KINDS)
     b_tps, t_tps, c_tps, u_tps = (r["tokens"] / r["seconds"] for r in (b, t, c, u))
     result = {
-        "model": MODEL,
+        "model": label,
         "records": n,
         "data": "huanhuan.json" if HUANHUAN.is_file() else "examples",
         "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs",
@@ -256,6 +299,7 @@ def main() -> None:
         f"| tunesmith, rows not filled to a multiple of 64 | {result['unfilled_tokens_per_s']} | "
         f"{result['unfilled_final_loss']} | {result['unfilled_peak_rss_mb']} | "
         f"{result['unfilled_tokens_per_s'] * per_tok / 1e9 / ceiling:.1%} |\n\n"
+        f"Model: {result['model']}. "
         f"Speed-up {result['speedup']}x ({result['checkpointed_speedup']}x with checkpointing) on {n} "
         "records; "
         f"bf16 matmul ceiling {result['bf16_matmul_gflops']} GFLOP/s.\n",
