@@ -105,19 +105,30 @@ def wait_answered(page, chat, expected, timeout_s=60.0):
     raise AssertionError(f"#{chat} shows {last!r}, expected {expected!r}")
 
 
+def set_slider(page, elem_id, value, tries=5):
+    """Type ``value`` into a slider's number box until the slider itself shows it. The slider takes
+    a typed value on its own schedule, and now and then (a busy machine) not at all; send only
+    once it has."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    shown_js = f"document.querySelector('#{elem_id} input[type=range]').value"
+    for _ in range(tries):
+        box.fill(value)
+        box.press("Enter")
+        box.blur()
+        try:
+            page.wait_for_function(f"() => {shown_js} === '{value}'", timeout=5_000)
+            return
+        except sync_api.TimeoutError:
+            continue
+    raise AssertionError(f"#{elem_id} shows {page.evaluate(shown_js)!r} after {tries} tries, not {value!r}")
+
+
 def test_type_a_message_and_see_the_streamed_answer(ui, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1100, "height": 800})
     page.goto(ui.url + "/")
     page.wait_for_selector("#prompt textarea")
     page.get_by_text("Sampling").click()
-    box = page.locator("#max-tokens input[type=number]")
-    box.fill("48")  # long enough to watch it stream
-    box.press("Enter")
-    box.blur()
-    # The slider takes the typed value on its own schedule; send only once it has.
-    page.wait_for_function(
-        "() => document.querySelector('#max-tokens input[type=range]').value === '48'", timeout=10_000
-    )
+    set_slider(page, "max-tokens", "48")  # long enough to watch it stream
     page.evaluate(WATCH, "#chat-main")
     ask(page)
     expected = reference(ui, max_tokens=48)  # the run's defaults are greedy: exactly this answer
