@@ -182,7 +182,7 @@ class _LabelCE(torch.autograd.Function):
             if need_grad:
                 probs = logits.sub_(lse[:, None]).exp_()
                 probs[torch.arange(real, device=tc.device), tc] -= 1
-                probs[real:] = 0
+                # the padding rows go through the product too (so its shape repeats), then are cut
                 grads.append((probs.to(dt) @ w)[:real].to(hidden.dtype))
         if need_grad:
             ctx.save_for_backward(torch.cat(grads) if grads else hidden.new_zeros(hidden.shape))
