@@ -23,12 +23,14 @@ from __future__ import annotations
 import argparse
 import collections
 import ctypes
+import functools
 import json
 import resource
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,20 +47,28 @@ class _MallInfo2(ctypes.Structure):
     ]
 
 
-def _heap() -> dict[str, float] | None:
-    """glibc's heap in MB: live (in use, arenas + mmapped chunks) and held free; None elsewhere."""
+@functools.cache
+def _mallinfo2() -> Any:
+    """glibc's ``mallinfo2``, or None where the C library has none."""
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallinfo2.restype = _MallInfo2
+        fn = ctypes.CDLL("libc.so.6").mallinfo2
     except (OSError, AttributeError):
         return None
-    m = libc.mallinfo2()
+    fn.restype = _MallInfo2
+    return fn
+
+
+def _heap() -> dict[str, float]:
+    """glibc's heap in MB: live (in use, arenas + mmapped chunks) and held free; empty elsewhere."""
+    if _mallinfo2() is None:
+        return {}
+    m = _mallinfo2()()
     return {"live_mb": (m.uordblks + m.hblkhd) / 2**20, "held_free_mb": m.fordblks / 2**20}
 
 
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def _saved_for_backward(loss, model, tokens: int, layers: int) -> list[dict]:
@@ -126,14 +136,8 @@ def worker(setting: str, data: Path, result: Path) -> None:
 
     class Record(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
-            rss = _rss_mb()
-            steps.append(
-                {
-                    "step": state.global_step,
-                    "rss_mb": round(rss),
-                    **{k: round(v) for k, v in (_heap() or {}).items()},
-                }
-            )
+            heap = {k: round(v) for k, v in _heap().items()}
+            steps.append({"step": state.global_step, "rss_mb": round(_rss_mb()), **heap})
 
     original_run = train.run_train
     train.run_train = lambda cfg, callbacks=None: original_run(cfg, callbacks=[Record(), *(callbacks or [])])
