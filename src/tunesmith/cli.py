@@ -7,7 +7,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from .cli_args import add_sampling_args, sampling_overrides
+from .cli_args import add_device_arg, add_sampling_args, sampling_overrides
 from .errors import TunesmithError
 
 
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", action="append", help="answer this and exit (repeatable)")
     p.add_argument("--base", action="store_true", help="answer with the base model alone")
     p.add_argument("--compare", action="store_true", help="with --prompt: print base and fine-tuned answers")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_device_arg(p)
     add_sampling_args(
         p, "sampling (defaults come from the run card)", "sampling seed for reproducible answers"
     )

@@ -8,6 +8,11 @@ from typing import Any
 SAMPLING_FLAGS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens", "seed")
 
 
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    """--device auto|cpu|cuda (auto: CUDA where available)."""
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+
 def add_sampling_args(p: argparse.ArgumentParser, title: str, seed_help: str) -> None:
     """--temperature, --top-p, --top-k, --repetition-penalty, --max-new-tokens and --seed."""
     g = p.add_argument_group(title)

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .cli_args import add_device_arg
+
 
 def _read_texts(path: Path, text_field: str, label_field: str) -> tuple[list[str], list[str | None]]:
     """Texts (and gold labels where a record has one) from a .json/.jsonl/.csv file."""
@@ -102,5 +104,5 @@ def add_classify_parser(sub: Any) -> None:
     p.add_argument("--output", help="write JSON lines here instead of standard output")
     p.add_argument("--json", action="store_true", help="JSON lines for TEXT arguments too")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_device_arg(p)
     p.set_defaults(func=cmd_classify)

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from .cli_args import add_sampling_args, sampling_overrides
+from .cli_args import add_device_arg, add_sampling_args, sampling_overrides
 
 
 def _at_least(low: int):  # noqa: ANN202
@@ -98,7 +98,7 @@ def add_eval_parser(sub: Any) -> None:
         action="store_true",
         help="evaluate even if the base model's weights differ from those trained on",
     )
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_device_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print metrics.json instead of the summary")
     add_sampling_args(

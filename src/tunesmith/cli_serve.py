@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .cli_args import add_device_arg
+
 
 def _set_threads(n: int | None) -> None:
     if n:
@@ -73,7 +75,7 @@ def _common(p: argparse.ArgumentParser, port: int) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     p.add_argument("--port", type=int, default=port, help=f"port (default {port})")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_device_arg(p)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument(
         "--dtype",
