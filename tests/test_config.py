@@ -107,3 +107,10 @@ def test_config_reference_documents_every_key():
     for section in dataclasses.fields(Config):
         for f in dataclasses.fields(getattr(Config(), section.name)):
             assert f"`{section.name}.{f.name}`" in doc, f"{section.name}.{f.name} missing from docs/config.md"
+
+
+def test_limit_and_sample_exclusive(tmp_path):
+    with pytest.raises(ConfigError, match="not both"):
+        load_config(None, ["model.source=m", "data.path=d.json", "data.limit=5", "data.sample=5"])
+    with pytest.raises(ConfigError, match="data.sample"):
+        load_config(None, ["model.source=m", "data.path=d.json", "data.sample=0"])

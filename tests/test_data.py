@@ -108,3 +108,27 @@ def test_split_is_deterministic_and_keeps_duplicate_prompts_together():
     assert not prompts_train & {c[0]["content"] for c in val}
     assert split_records(convs, 0.1, seed=2)[1] != val
     assert split_records(convs, 0.0, seed=1) == (convs, [])
+
+
+def test_take_first_n_or_a_seeded_sample():
+    from tunesmith.data import take
+
+    items = list(range(100))
+    assert take(items, limit=5) == [0, 1, 2, 3, 4]
+    a, b = take(items, sample=10, seed=1), take(items, sample=10, seed=1)
+    assert a == b and len(set(a)) == 10 and a == sorted(a)  # same seed: same subset, file order
+    assert take(items, sample=10, seed=2) != a  # another seed: another subset
+    assert a != items[:10]  # spread over the file, not its opening
+    assert take(items, sample=500) == items and take(items) == items
+
+
+def test_training_data_sample_is_seeded_and_spread(tmp_path):
+    from tunesmith.config import load_config
+    from tunesmith.train import _load_data
+
+    p = write_json(tmp_path / "d.json", [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(50)])
+    cfg = load_config(None, ["model.source=m", f"data.path={p}", "data.sample=8", "data.seed=3"])
+    first, _ = _load_data(cfg)
+    again, _ = _load_data(cfg)
+    assert first == again and len(first) == 8
+    assert [c[0]["content"] for c in first] != [f"q{i}" for i in range(8)]

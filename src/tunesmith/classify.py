@@ -20,7 +20,7 @@ from typing import Any
 from .config import DEFAULT_LORA_TARGETS, Config, DataConfig, LoraConfig, dump_config
 from .data.convert import import_label_studio
 from .data.formats import check_raw_record, read_raw
-from .data.split import leak_groups, split_indices
+from .data.split import leak_groups, split_indices, take
 from .distributed import (
     barrier,
     check_world_size,
@@ -97,8 +97,8 @@ def load_labelled(dcfg: DataConfig) -> Labelled:
             )
         texts.append(rec[text_f])
         labels.append(str(rec[label_f]).strip())
-    if dcfg.limit:
-        texts, labels = texts[: dcfg.limit], labels[: dcfg.limit]
+    keep = take(list(range(len(texts))), dcfg.limit, dcfg.sample, dcfg.seed)
+    texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
     if len(set(labels)) < 2:
         found = f"only {sorted(set(labels))}" if labels else "no records"
         raise DatasetError(f"classification needs at least two different labels; found {found}", str(path))

@@ -50,9 +50,12 @@ class DataConfig:
     )
     system_prompt: str | None = _f(None, "system prompt used in training and stored for inference")
     val_fraction: float = _f(0.1, "fraction of records held out for validation (0 disables)")
-    seed: int = _f(42, "seed of the train/validation split")
+    seed: int = _f(42, "seed of the train/validation split and of `data.sample`")
     max_length: int = _f(384, "maximum tokens per example; longer ones are truncated and counted")
-    limit: int | None = _f(None, "use only the first N records (quick experiments)")
+    limit: int | None = _f(None, "use only the first N records, in file order (quick experiments)")
+    sample: int | None = _f(
+        None, "use a random subset of N records, drawn with `data.seed` (quick runs over the whole file)"
+    )
     clean: str | None = _f(None, "clean before training: 'default' or a cleaning recipe YAML file")
     replay_path: str | None = _f(None, "general-purpose data mixed into training against forgetting")
     replay_ratio: float = _f(0.0, "share of the training examples drawn from replay_path (e.g. 0.2)")
@@ -374,6 +377,12 @@ def _check_ranges(cfg: Config) -> list[str]:
         (lambda: 0 < g.top_p <= 1, "`generation.top_p` must be in (0, 1]"),
         (lambda: g.max_new_tokens >= 1, "`generation.max_new_tokens` must be >= 1"),
         (lambda: ev.limit is None or ev.limit >= 1, "`eval.limit` must be >= 1 (or null for all)"),
+        (lambda: d.limit is None or d.limit >= 1, "`data.limit` must be >= 1 (or null for all)"),
+        (lambda: d.sample is None or d.sample >= 1, "`data.sample` must be >= 1 (or null for all)"),
+        (
+            lambda: d.limit is None or d.sample is None,
+            "set one of `data.limit` (the first N records) and `data.sample` (a random N), not both",
+        ),
         (
             lambda: ev.batch_size >= 1 and ev.samples >= 0,
             "`eval.batch_size` must be >= 1, `eval.samples` >= 0",

@@ -13,7 +13,7 @@ from typing import Any
 from .callbacks import best_model_metrics, early_stopping_callbacks
 from .checkpoints import checkpoint_step, last_complete_checkpoint, trim_metrics
 from .config import Config, dump_config
-from .data import load_records, split_records
+from .data import load_records, split_records, take
 from .data.convert import write_raw
 from .distributed import (
     barrier,
@@ -63,9 +63,7 @@ def _load_data(cfg: Config) -> tuple[list[Any], Any]:
             return [(None, r) for r in cleaning.records]
 
     convs = load_records(cfg.data.path, cfg.data.format, cfg.data.system_prompt, prepare)
-    if cfg.data.limit:
-        convs = convs[: cfg.data.limit]
-    return convs, cleaning
+    return take(convs, cfg.data.limit, cfg.data.sample, cfg.data.seed), cleaning
 
 
 def _clean_summary(cfg: Config, cleaning: Any) -> dict[str, Any] | None:

@@ -15,6 +15,19 @@ def _prompt_key(text: str) -> str:
     return " ".join(text.split())
 
 
+def take(items: list[Any], limit: int | None = None, sample: int | None = None, seed: int = 42) -> list[Any]:
+    """The first ``limit`` items, or a seeded random ``sample`` of them (in file order), or all.
+
+    A sample larger than the data keeps everything.
+    """
+    if limit:
+        return items[:limit]
+    if sample and sample < len(items):
+        keep = sorted(random.Random(seed).sample(range(len(items)), sample))
+        return [items[i] for i in keep]
+    return items
+
+
 def leak_groups(
     prompts: list[str], texts: list[str] | None = None, near_threshold: float | None = 0.8
 ) -> list[list[int]]:
