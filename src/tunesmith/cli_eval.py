@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from .cli_args import add_device_arg, add_sampling_args, sampling_overrides
+from .errors import ConfigError
 
 
 def _at_least(low: int):  # noqa: ANN202
@@ -38,7 +39,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         allow_different_base=args.allow_different_base,
         device=args.device,
         progress=not args.no_progress,
+        persona=args.persona,
+        persona_lines=args.persona_lines,
+        generic=args.generic,
     )
+    if args.data is None and args.persona is None:
+        raise ConfigError("give --data FILE, --persona QUESTIONS, or both", "tunesmith eval")
     result = run_eval(args.run_dir, args.data, opts)
     if args.json:
         print(json.dumps(result.metrics, ensure_ascii=False, indent=2))
@@ -61,6 +67,28 @@ def summary(metrics: dict[str, Any]) -> str:
                 f"{label:<52} " + " ".join(f"{v:>10.3f}" if v is not None else f"{'–':>10}" for v in cells)
             )
     lines += [f"skipped {k}: {why}" for k, why in metrics.get("skipped", {}).items()]
+    if metrics.get("persona"):
+        lines += ["", persona_summary(metrics["persona"])]
+    return "\n".join(lines)
+
+
+def persona_summary(persona: dict[str, Any]) -> str:
+    """The persona rates, base vs fine-tuned, with the judge's calibration."""
+    from .evaluation.report import PERSONA_ROWS
+
+    models = persona["models"]
+    lines = [f"{'persona measure (held-out questions)':<66} {'base':>7} {'tuned':>7}"]
+    for key, label, _ in PERSONA_ROWS:
+        cells = [models[s].get(key) for s in ("base", "fine_tuned")]
+        if any(c is not None for c in cells):
+            lines.append(
+                f"{label:<66} " + " ".join(f"{c:>7.2f}" if c is not None else f"{'–':>7}" for c in cells)
+            )
+    cal = persona["calibration"]["in_character"]
+    lines.append(
+        f"in-character judge calibration: {cal['persona_heldout']:.2f} of held-out persona lines, "
+        f"{cal['generic_heldout']:.2f} of held-out generic assistant lines"
+    )
     return "\n".join(lines)
 
 
@@ -72,11 +100,23 @@ def add_eval_parser(sub: Any) -> None:
         description=(
             "Perplexity on answer tokens, BLEU-4/ROUGE against the reference answers, distinct-n, "
             "looping and stop rate, base vs fine-tuned, with loss curves and sample answers. "
-            "Example: tunesmith eval runs/quickstart --data val.json --limit 100 --sweep"
+            "Example: tunesmith eval runs/quickstart --data val.json --limit 100 --sweep; "
+            "tunesmith eval runs/quickstart --persona examples/data/zhenhuan_questions.jsonl"
         ),
     )
     p.add_argument("run_dir", help="a run directory written by `tunesmith train`")
-    p.add_argument("--data", required=True, help="evaluation data (.json/.jsonl/.csv); answers optional")
+    p.add_argument("--data", help="evaluation data (.json/.jsonl/.csv); answers optional")
+    p.add_argument(
+        "--persona",
+        metavar="QUESTIONS",
+        help="held-out questions (.jsonl: question, kind, topic, reference) for the persona measures: "
+        "in character, on topic, stopped, looping, assistant leak; alone, they are the data too",
+    )
+    p.add_argument(
+        "--persona-lines",
+        help="the persona's own answers for the in-character judge (default: the run's data)",
+    )
+    p.add_argument("--generic", help="generic assistant text for the judge (default: tunesmith's own set)")
     p.add_argument("--limit", type=_positive, help="evaluate only the first N records")
     p.add_argument("--general", help="general-purpose data: perplexity before/after shows forgetting")
     p.add_argument(

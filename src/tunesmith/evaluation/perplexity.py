@@ -63,6 +63,7 @@ def answer_perplexity(
     base: bool = False,
     max_length: int = 384,
     batch_size: int = 8,
+    system_prompt: bool = True,
 ) -> dict[str, Any]:
     """Token-weighted perplexity of the answers in ``convs`` (system prompt added as in chat).
 
@@ -72,12 +73,14 @@ def answer_perplexity(
         base: switch the adapter off (the base model).
         max_length: truncate like training (``data.max_length``); truncations are counted.
         batch_size: conversations per forward pass.
+        system_prompt: add the run's system prompt (False: the conversations as they are, as a
+            general user would send them).
 
     Returns:
         perplexity, mean ``nll`` per answer token, ``answer_tokens``, ``records`` scored,
         ``truncated`` and ``skipped`` (no answer token left after truncation) counts.
     """
-    examples = [bot.fmt.encode(bot.with_system(c), max_length) for c in convs]
+    examples = [bot.fmt.encode(bot.with_system(c) if system_prompt else c, max_length) for c in convs]
     scored = [e for e in examples if any(t != IGNORE_INDEX for t in e.labels)]
     scored.sort(key=lambda e: len(e.input_ids))  # similar lengths together: less padding
     nll, tokens = 0.0, 0

@@ -41,6 +41,21 @@ SWEEP_COLUMNS = [
     ("stop_rate", "stopped ↑"),
     ("mean_tokens", "mean tokens"),
 ]
+PERSONA_ROWS = [
+    ("good_rate", "good answers: in character, on topic, stopped, no loop, no leak", "higher"),
+    ("in_character_rate", "in character (judge)", "higher"),
+    ("on_topic_rate", "on topic (a topic keyword)", "higher"),
+    ("leak_rate", "assistant leak (self-description markers)", "lower"),
+    ("stop_rate", "stopped at the end-of-turn token", "higher"),
+    ("loop_rate", "looping", "lower"),
+    ("distinct2", "distinct-2", "higher"),
+    ("mean_chars", "mean answer length (characters)", ""),
+    ("rougeL_char", "ROUGE-L F1 vs reference (characters)", "higher"),
+    ("general_good_rate", "general questions: correct, stopped, no loop, no leak", "higher"),
+    ("general_on_topic_rate", "general questions: correct (answer keyword)", "higher"),
+    ("general_stop_rate", "general questions: stopped", "higher"),
+    ("general_loop_rate", "general questions: looping", "lower"),
+]
 _ARROW = {"lower": " ↓", "higher": " ↑", "": ""}
 
 
@@ -115,20 +130,58 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def _metrics_section(m: dict[str, Any]) -> list[str]:
-    base, ft = m["models"]["base"], m["models"]["fine_tuned"]
+def _compare_rows(
+    base: dict[str, Any], ft: dict[str, Any], spec: list[tuple[str, str, str]]
+) -> list[list[str]]:
     rows = []
-    for key, label, better in ROWS:
+    for key, label, better in spec:
         if key not in base and key not in ft:
             continue
         b, f = base.get(key), ft.get(key)
         delta = _num(f - b) if isinstance(b, int | float) and isinstance(f, int | float) else "–"
         rows.append([label + _ARROW[better], _num(b), _num(f), delta])
+    return rows
+
+
+def _metrics_section(m: dict[str, Any]) -> list[str]:
+    rows = _compare_rows(m["models"]["base"], m["models"]["fine_tuned"], ROWS)
     out = ["## Metrics", "", _table(["metric", "base", "fine-tuned", "Δ"], rows), ""]
     out.append("BLEU and ROUGE are 0–100; distinct-n and the shares are 0–1. ↑/↓: higher/lower is better.")
     for key, why in m.get("skipped", {}).items():
         out.append(f"- skipped {key}: {why}")
     return out + [""]
+
+
+def _persona_section(p: dict[str, Any]) -> list[str]:
+    rows = _compare_rows(p["models"]["base"], p["models"]["fine_tuned"], PERSONA_ROWS)
+    cal, top = p["calibration"]["in_character"], p["calibration"]["on_topic"]
+    out = [
+        "## Persona",
+        "",
+        f"Held-out questions: `{p['questions']}`. Shares are 0–1.",
+        "",
+        _table(["measure", "base", "fine-tuned", "Δ"], rows),
+        "",
+        f"- in-character judge (character n-grams, trained on `{p['persona_lines']}` against generic "
+        f"assistant text): {_num(cal['persona_heldout'])} of {cal['persona_heldout_n']} held-out persona "
+        f"lines and {_num(cal['generic_heldout'])} of {cal['generic_heldout_n']} held-out generic lines "
+        "judged in character",
+    ]
+    if top.get("own_reference") is not None:
+        out.append(
+            f"- topic rule: {_num(top['own_reference'])} of the reference answers on topic for their own "
+            f"question, {_num(top['other_reference'])} for another question's"
+        )
+    rows = [
+        [
+            _cell(e["question"]),
+            _cell(e["base"]),
+            _cell(e["fine_tuned"]),
+            "✓" if e["fine_tuned_verdict"]["good"] else "✗",
+        ]
+        for e in p["examples"]
+    ]
+    return out + ["", _table(["question", "base", "fine-tuned", "good"], rows), ""]
 
 
 def _sweep_section(sweep: list[dict[str, Any]]) -> list[str]:
@@ -167,9 +220,15 @@ def render_markdown(m: dict[str, Any], has_plot: bool) -> str:
         "",
     ]
     out += _metrics_section(m)
+    if m.get("persona"):
+        out += _persona_section(m["persona"])
     if m.get("general"):
         g = m["general"]
-        out += [f"General data for the forgetting check: `{g['path']}`, records: {g['records']}.", ""]
+        out += [
+            f"General data for the forgetting check: `{g['path']}`, records: {g['records']}, "
+            "scored without the run's system prompt.",
+            "",
+        ]
     out += ["## Loss curves", ""]
     out += (
         ["![train and validation loss](loss.png)", ""] if has_plot else ["(no losses in metrics.jsonl)", ""]

@@ -19,6 +19,7 @@ from ..runcard import RunCard, read_run_card
 from .generate import generate_all
 from .items import EvalItem, load_eval_items
 from .perplexity import answer_perplexity
+from .persona_run import PersonaInputs, persona_section, read_persona_inputs
 from .report import write_report
 
 log = get_logger(__name__)
@@ -44,6 +45,10 @@ class EvalOptions:
         max_length: token limit of perplexity examples (default: the run's ``data.max_length``).
         progress: show progress bars on stderr (when it is a terminal).
         data_label: how the report names the data (default: the file path).
+        persona: a question file (``persona.load_questions``): persona metrics on held-out questions.
+        persona_lines: the persona's own answers for the in-character judge (default: the run's
+            training data, from its run card).
+        generic: generic assistant text for the judge's other class (default: tunesmith's own).
     """
 
     out_dir: str | Path | None = None
@@ -61,6 +66,9 @@ class EvalOptions:
     max_length: int | None = None
     progress: bool = True
     data_label: str | None = None
+    persona: str | Path | None = None
+    persona_lines: str | Path | None = None
+    generic: str | Path | None = None
 
 
 @dataclass
@@ -78,6 +86,13 @@ class EvalResult:
         for k in keys:
             if k in models["fine_tuned"]:
                 out[k] = {side: models[side].get(k) for side in ("base", "fine_tuned")}
+        persona = self.metrics.get("persona")
+        if persona:
+            for k in ("good_rate", "in_character_rate", "leak_rate", "general_good_rate"):
+                if k in persona["models"]["fine_tuned"]:
+                    out[f"persona_{k}"] = {
+                        side: persona["models"][side].get(k) for side in ("base", "fine_tuned")
+                    }
         return out
 
 
@@ -164,7 +179,8 @@ def _perplexities(
             out[s.name]["perplexity_detail"] = ppl
         if general:
             convs = [it.conversation for it in general if it.reference is not None]
-            gen = answer_perplexity(s.bot, convs, s.base, max_length, bs)
+            # Without the persona's system prompt: forgetting shows on the prompts a general user sends.
+            gen = answer_perplexity(s.bot, convs, s.base, max_length, bs, system_prompt=False)
             out[s.name]["general_perplexity"] = gen["perplexity"]
     return out
 
@@ -205,14 +221,24 @@ class _Inputs:
     general: list[EvalItem] | None
     base_run: Path | None
     data_label: str
+    persona: PersonaInputs | None = None
 
 
-def _read_inputs(run_dir: Path, data: str | Path | list[EvalItem], opts: EvalOptions) -> _Inputs:
+def _read_inputs(run_dir: Path, data: str | Path | list[EvalItem] | None, opts: EvalOptions) -> _Inputs:
     card = read_run_card(run_dir)
     base_run = Path(opts.base_run) if opts.base_run is not None else None
     if base_run is not None:
         read_run_card(base_run)  # a missing or unfinished baseline fails before any loading
-    if isinstance(data, list):
+    persona = (
+        read_persona_inputs(card, opts.persona, opts.persona_lines, opts.generic) if opts.persona else None
+    )
+    if data is None:
+        if persona is None:
+            raise DatasetError(
+                "nothing to evaluate: give evaluation data, a question file (persona), or both"
+            )
+        items, label = persona.items, opts.data_label or str(opts.persona)
+    elif isinstance(data, list):
         items, label = data[: opts.limit], opts.data_label or "records given by the caller"
         if not items:
             raise DatasetError(f"no records to evaluate ({label})")
@@ -223,7 +249,7 @@ def _read_inputs(run_dir: Path, data: str | Path | list[EvalItem], opts: EvalOpt
         raise DatasetError(
             "general data needs answers to measure perplexity on; none has one", str(opts.general)
         )
-    return _Inputs(card, items, general, base_run, label)
+    return _Inputs(card, items, general, base_run, label, persona)
 
 
 def _answers_and_sweep(
@@ -243,13 +269,14 @@ def _answers_and_sweep(
 
 
 def run_eval(
-    run_dir: str | Path, data: str | Path | list[EvalItem], opts: EvalOptions | None = None
+    run_dir: str | Path, data: str | Path | list[EvalItem] | None, opts: EvalOptions | None = None
 ) -> EvalResult:
     """Evaluate a finished run against its base model (or ``opts.base_run``) and write a report.
 
     Args:
         run_dir: a run directory written by ``run_train``.
-        data: an evaluation data file (records without a reference answer are allowed), or items.
+        data: an evaluation data file (records without a reference answer are allowed), or items;
+            None with ``opts.persona``: the question file's questions and references are the data.
         opts: see ``EvalOptions``.
 
     Returns:
@@ -275,6 +302,13 @@ def run_eval(
     answers, sweep = _answers_and_sweep(sides, inp.items, sampling, opts)
     for s in sides:
         models[s.name].update(_score(answers[s.name], inp.items))
+    persona = None
+    if inp.persona is not None:
+        reuse = inp.items is inp.persona.items  # no other data: the questions were answered above
+        p_answers = (
+            answers if reuse else {s.name: _answer_side(s, inp.persona.items, sampling, opts) for s in sides}
+        )
+        persona = persona_section(inp.persona, p_answers, str(opts.persona))
     metrics = {
         "run_dir": str(run_dir),
         "data": {
@@ -296,6 +330,7 @@ def run_eval(
         "general": {"path": str(opts.general), "records": len(inp.general)} if inp.general else None,
         "sweep": sweep,
         "samples": _samples(inp.items, answers, opts.samples),
+        "persona": persona,
         "seconds": time.perf_counter() - started,
     }
     out_dir = Path(opts.out_dir) if opts.out_dir else run_dir / "eval"
