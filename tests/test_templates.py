@@ -2,7 +2,14 @@ import pytest
 
 from conftest import make_tokenizer
 from tunesmith.errors import TemplateError
-from tunesmith.templates import IGNORE_INDEX, ChatFormat, encode_all, resolve_template
+from tunesmith.templates import (
+    BUILTIN_TEMPLATES,
+    IGNORE_INDEX,
+    ChatFormat,
+    default_template_name,
+    encode_all,
+    resolve_template,
+)
 
 CONV = [
     {"role": "system", "content": "扮演甄嬛"},
@@ -90,11 +97,72 @@ def test_generation_prompt_matches_training_prefix(fmt):
 def test_template_errors():
     tok = make_tokenizer(pad_is_eos=False)
     tok.chat_template = None
-    with pytest.raises(TemplateError, match="no chat template"):
-        resolve_template(tok, None)
     assert "<|im_end|>" in resolve_template(tok, "chatml")
     with pytest.raises(TemplateError, match="not a builtin"):
         resolve_template(tok, "nonexistent-template")
     plain = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     with pytest.raises(TemplateError, match="could never learn to stop"):
         ChatFormat(tok, plain)
+
+
+def base_tokenizer(specials: list[str], eos: str | None, bos: str | None = None):
+    """A byte-level BPE tokenizer with no chat template, as a base model's GGUF brings."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from conftest import _corpus
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(_corpus() + ["User: Assistant: model"] * 5, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, bos_token=bos, pad_token="<pad>")
+
+
+def _learned(fmt, conv):
+    ex = fmt.encode(conv, 512)
+    return ex, [i for i in ex.labels if i != IGNORE_INDEX]
+
+
+def test_base_model_with_gemma_markers_gets_gemma_turns():
+    tok = base_tokenizer(["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"], "<eos>", "<bos>")
+    assert tok.chat_template is None and default_template_name(tok) == "gemma"
+    fmt = ChatFormat(tok, resolve_template(tok, None))
+    assert fmt.eot_token == "<end_of_turn>"
+    text = fmt.render(CONV)
+    # BOS first; Gemma has no system role, so the system prompt opens the first user turn.
+    assert text.startswith(
+        "<bos><start_of_turn>user\n扮演甄嬛\n\n你是谁？<end_of_turn>\n<start_of_turn>model\n"
+    )
+    assert text.count("扮演甄嬛") == 1
+    ex, learned = _learned(fmt, CONV)
+    assert tok.decode(learned) == "我是甄嬛。<end_of_turn>是。<end_of_turn>"
+    assert ex.labels[-1] == IGNORE_INDEX and ex.input_ids[-2] == fmt.eot_id  # end token learned, "\n" not
+    prompt = fmt.encode_prompt(CONV[:2])
+    assert ex.input_ids[: len(prompt)] == prompt and tok.decode(prompt).endswith("<start_of_turn>model\n")
+
+
+def test_base_model_without_markers_ends_answers_with_its_eos():
+    tok = base_tokenizer(["<pad>", "</s>", "<s>"], "</s>", "<s>")
+    assert default_template_name(tok) == "plain"
+    fmt = ChatFormat(tok, resolve_template(tok, None))
+    assert fmt.eot_token == "</s>" and fmt.eot_id == tok.eos_token_id
+    assert fmt.render(CONV[:3]) == "<s>扮演甄嬛\n\nUser: 你是谁？\nAssistant: 我是甄嬛。</s>\n"
+    _, learned = _learned(fmt, CONV)
+    assert tok.decode(learned) == "我是甄嬛。</s>是。</s>"
+
+
+def test_base_model_with_chatml_tokens_gets_chatml():
+    tok = make_tokenizer(pad_is_eos=False)
+    tok.chat_template = None
+    assert default_template_name(tok) == "chatml"
+    assert resolve_template(tok, None) == BUILTIN_TEMPLATES["chatml"]
+
+
+def test_base_model_that_could_never_stop_is_refused():
+    tok = base_tokenizer(["<pad>"], None)
+    with pytest.raises(TemplateError, match="no chat template, no known turn markers and no end-of-sequence"):
+        resolve_template(tok, None)

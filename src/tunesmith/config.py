@@ -34,7 +34,8 @@ class ModelConfig:
     source: str = _f("", "model: local HF directory, .gguf file, hub id, or packaged name")
     revision: str | None = _f(None, "hub revision (branch, tag or commit) for hub ids")
     chat_template: str | None = _f(
-        None, "override the tokenizer's chat template: 'chatml', a .jinja file, or Jinja text"
+        None,
+        "the tokenizer's chat template, or a builtin (gemma, chatml, plain), a .jinja file or Jinja text",
     )
     trust_remote_code: bool = _f(False, "allow custom modelling code from the model repository")
     task: Literal["chat", "classification"] = _f(

