@@ -46,6 +46,7 @@ FORBIDDEN = {
     "optim": TRAIN_SIDE,
     "callbacks": TRAIN_SIDE,
     "checkpoints": TRAIN_SIDE,
+    "rundir": TRAIN_SIDE,
     "replay": TRAIN_SIDE,
     "distributed": TRAIN_SIDE,
     "levers": TRAIN_SIDE,

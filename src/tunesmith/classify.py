@@ -34,6 +34,7 @@ from .methods import LORA_METHODS, apply_method, count_parameters, weights_dir
 from .modeling import load_tokenizer, pick_device, pick_dtype, resolve_source
 from .optim import lr_factor_fn, optimizer_spec
 from .runcard import RunCard, base_model_record, read_run_card, write_run_card
+from .rundir import RunDir, prepare_run_dir, started_callback
 
 log = get_logger(__name__)
 
@@ -203,11 +204,27 @@ def _label_counts(data: Labelled, train: list[int], val: list[int]) -> dict[str,
     return counts
 
 
-def run_classify(cfg: Config, callbacks: list[Any] | None = None) -> Path:
+def run_classify(cfg: Config, callbacks: list[Any] | None = None, inputs: list[Any] | None = None) -> Path:
     """Fine-tune a sequence classifier on ``cfg.data``; return the finished run dir.
 
-    Called by ``run_train`` for ``model.task: classification``.
+    Called by ``run_train`` for ``model.task: classification`` (``inputs`` as there).
     """
+    from .train import data_fingerprint  # the chat path's run-dir handling, shared
+
+    data = load_labelled(cfg.data)  # missing labels fail before anything is written
+    fingerprint = data_fingerprint([data.texts, data.labels])
+    source = resolve_source(cfg.model.source, cfg.model.revision)  # before any file is touched
+    if is_main():
+        run = prepare_run_dir(cfg, [*(inputs or []), cfg.data.path, cfg.model.source, source.path])
+    else:
+        run = RunDir(Path(cfg.train.output_dir), resuming=cfg.train.resume)
+    with run.guard():  # a failure before the first step puts the directory back as it was
+        return _classify_in(cfg, run, data, fingerprint, source, callbacks)
+
+
+def _classify_in(
+    cfg: Config, run: RunDir, data: Labelled, fingerprint: str, source: Any, callbacks: list[Any] | None
+) -> Path:
     from transformers import DataCollatorWithPadding, Trainer, set_seed
     from transformers.integrations import TensorBoardCallback
 
@@ -219,16 +236,13 @@ def run_classify(cfg: Config, callbacks: list[Any] | None = None) -> Path:
         _metrics_callback,
         _save_atomically,
         _training_args,
-        data_fingerprint,
-        prepare_run_dir,
+        closing_tensorboard,
     )
 
-    data = load_labelled(cfg.data)  # missing labels fail before anything is written
-    fingerprint = data_fingerprint([data.texts, data.labels])
-    run_dir = prepare_run_dir(cfg) if is_main() else Path(cfg.train.output_dir)
-    if cfg.train.resume:
+    run_dir = run.path
+    if run.resuming:
         _check_resume(run_dir, fingerprint)
-    if is_main():
+    if is_main() and not run.resuming:  # a resumed run's config.yaml is rewritten once it has finished
         dump_config(cfg, run_dir / "config.yaml")
     train_idx, val_idx = split_labelled(data, cfg.data.val_fraction, cfg.data.seed)
     check_world_size(len(train_idx))
@@ -237,7 +251,6 @@ def run_classify(cfg: Config, callbacks: list[Any] | None = None) -> Path:
     args = _training_args(cfg, run_dir, device, dtype, bool(val_idx))
     args.prediction_loss_only = False  # evaluation needs the logits for accuracy and F1
 
-    source = resolve_source(cfg.model.source, cfg.model.revision)
     tokenizer = load_tokenizer(source.path, cfg.model.trust_remote_code)
     classes = data.classes
     label2id = {c: i for i, c in enumerate(classes)}
@@ -274,10 +287,16 @@ def run_classify(cfg: Config, callbacks: list[Any] | None = None) -> Path:
         eval_dataset=_Items(val_enc.items) if val_idx else None,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=classification_metrics,
-        callbacks=[metrics_cb, tensorboard, *early_stopping_callbacks(cfg.train), *(callbacks or [])],
+        callbacks=[
+            started_callback(run),
+            metrics_cb,
+            tensorboard,
+            *early_stopping_callbacks(cfg.train),
+            *(callbacks or []),
+        ],
         optimizer_cls_and_kwargs=optimizer_spec(model, args, lr_factor_fn(cfg, model)),
     )
-    checkpoint = last_complete_checkpoint(args.output_dir, is_main()) if cfg.train.resume else None
+    checkpoint = last_complete_checkpoint(args.output_dir, is_main()) if run.resuming else None
     metrics: dict[str, Any] = {}
     if checkpoint:
         log.info("resuming from %s", checkpoint)
@@ -288,7 +307,9 @@ def run_classify(cfg: Config, callbacks: list[Any] | None = None) -> Path:
         before = trainer.evaluate()
         metrics.update({f"{name}_before": before[k] for k, name in _HEADLINE.items()})
         prepare_for_training_after_evaluate(trainer)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    with closing_tensorboard(tensorboard):
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+    run.started()
     metrics.update(train_loss=result.training_loss, steps=trainer.state.global_step)
     if val_idx:  # the saved weights (the best ones under early stopping) on the validation split
         final = trainer.evaluate()
@@ -299,6 +320,8 @@ def run_classify(cfg: Config, callbacks: list[Any] | None = None) -> Path:
         return run_dir
     _save_atomically(model.save_pretrained, run_dir / weights_dir(cfg.lora.method))
     _save_atomically(tokenizer.save_pretrained, run_dir / "tokenizer")
+    if run.resuming:
+        dump_config(cfg, run_dir / "config.yaml")
     card = RunCard(
         base_model=base_model_record(source, cfg.model.revision),
         template={},

@@ -23,13 +23,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     # A polite kill (SIGTERM: schedulers, `kill`, container stops) ends like Ctrl-C.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        run_dir = run_train(cfg)
+        run_dir = run_train(cfg, inputs=[args.config])
     except KeyboardInterrupt:
-        print(
-            f"\ninterrupted. Checkpoints stay in {cfg.train.output_dir}/checkpoints; continue with:\n"
-            f"  tunesmith train {args.config} {' '.join(args.overrides)} train.resume=true",
-            file=sys.stderr,
-        )
+        from pathlib import Path
+
+        ckpts = Path(cfg.train.output_dir, "checkpoints")
+        if ckpts.is_dir() and any(ckpts.glob("checkpoint-*")):
+            print(
+                f"\ninterrupted. Checkpoints stay in {ckpts}; continue with:\n"
+                f"  tunesmith train {args.config} {' '.join(args.overrides)} train.resume=true",
+                file=sys.stderr,
+            )
+        else:
+            print("\ninterrupted before the first checkpoint; nothing to resume", file=sys.stderr)
         return 130
     print(f"finished: {run_dir}\nchat with it: tunesmith chat {run_dir}")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -40,3 +41,24 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+_OS_CAUSES = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOTDIR: "a part of the path is a file, not a directory",
+    errno.EISDIR: "it is a directory",
+    errno.EEXIST: "it exists already (a file where a directory should be?)",
+    errno.ENOENT: "no such file or directory",
+    errno.ENAMETOOLONG: "the file name is too long",
+}
+
+
+def os_error_message(e: OSError) -> str:
+    """The cause of an OS error in words, with the path it concerns when it has one."""
+    cause = _OS_CAUSES.get(e.errno or -1) or e.strerror or str(e)
+    where = e.filename if e.filename is not None else None
+    return f"{cause} ({where})" if where is not None else cause

@@ -73,7 +73,7 @@ def read_run_card(run_dir: str | Path) -> RunCard:
     path = run_dir / RUN_CARD
     if not path.is_file():
         hint = ""
-        if (run_dir / "checkpoints").is_dir():
+        if any((run_dir / "checkpoints").glob("checkpoint-*")):
             hint = " It has checkpoints: resume with `tunesmith train CONFIG train.resume=true`."
         raise RunDirError(f"{run_dir}: no {RUN_CARD}, so training there did not finish.{hint}")
     try:

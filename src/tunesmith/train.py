@@ -7,6 +7,8 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,8 @@ from .methods import apply_method, check_method, count_parameters, load_for_trai
 from .modeling import load_model, load_tokenizer, pick_device, pick_dtype, resolve_source
 from .optim import lr_factor_fn, optimizer_spec
 from .replay import load_replay, mix_replay
-from .runcard import RUN_CARD, RunCard, base_model_record, write_run_card
+from .runcard import RunCard, base_model_record, write_run_card
+from .rundir import RunDir, prepare_run_dir, started_callback
 from .templates import ChatFormat, Example, encode_all, resolve_template
 
 log = get_logger(__name__)
@@ -71,26 +74,6 @@ def _clean_summary(cfg: Config, cleaning: Any) -> dict[str, Any] | None:
         return None
     rep = cleaning.report
     return {"recipe": cfg.data.clean, "report_fingerprint": rep["fingerprint"], "removed": rep["removed"]}
-
-
-def prepare_run_dir(cfg: Config) -> Path:
-    """Create the run dir, refusing to clobber a finished or resumable run unless asked."""
-    run_dir = Path(cfg.train.output_dir)
-    finished = (run_dir / RUN_CARD).is_file()
-    has_ckpt = any((run_dir / "checkpoints").glob("checkpoint-*"))
-    if cfg.train.overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    elif finished and not cfg.train.overwrite:
-        raise RunDirError(
-            f"{run_dir} holds a finished run; choose another train.output_dir or set train.overwrite=true"
-        )
-    elif has_ckpt and not cfg.train.resume:
-        raise RunDirError(
-            f"{run_dir} holds checkpoints of an unfinished run; continue it with train.resume=true "
-            "or start over with train.overwrite=true"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
 
 
 def data_fingerprint(convs: list[Any]) -> str:
@@ -191,6 +174,18 @@ def _training_args(cfg: Config, run_dir: Path, device: str, dtype: str, has_val:
     return TrainingArguments(**kwargs)
 
 
+@contextmanager
+def closing_tensorboard(callback: Any) -> Iterator[None]:
+    """Close the TensorBoard writer when training fails, before a rollback removes its folder."""
+    try:
+        yield
+    except BaseException:
+        if getattr(callback, "tb_writer", None) is not None:
+            callback.tb_writer.close()
+            callback.tb_writer = None
+        raise
+
+
 def _check_resume(run_dir: Path, fingerprint: str) -> None:
     report = run_dir / "data_report.json"
     if report.is_file():
@@ -238,18 +233,19 @@ def _apply_levers(cfg: Config, model: Any, dtype: str) -> list[str]:
     return frozen
 
 
-def run_train(cfg: Config, callbacks: list[Any] | None = None) -> Path:
+def run_train(cfg: Config, callbacks: list[Any] | None = None, inputs: Sequence[str | Path] = ()) -> Path:
     """Fine-tune ``cfg.model.source`` on ``cfg.data`` with LoRA; return the finished run dir.
 
-    ``callbacks``: extra Trainer callbacks (e.g. the pruning of ``tunesmith tune``).
+    Args:
+        cfg: the validated config.
+        callbacks: extra Trainer callbacks (e.g. the pruning of ``tunesmith tune``).
+        inputs: other files the run reads (the config file): a directory holding one is never
+            replaced by ``train.overwrite``.
     """
-    from transformers import DataCollatorForSeq2Seq, set_seed
-    from transformers.integrations import TensorBoardCallback
-
     if cfg.model.task == "classification":  # a sequence classifier on text + label data
         from .classify import run_classify
 
-        return run_classify(cfg, callbacks)
+        return run_classify(cfg, callbacks, list(inputs))
     check_method(cfg.lora, pick_device(cfg.train.device))  # e.g. QLoRA on CPU fails before anything runs
     check_deepspeed(cfg.train.trainer_args, pick_device(cfg.train.device))
     convs, cleaning = _load_data(cfg)  # validate (and clean) before anything else
@@ -259,11 +255,37 @@ def run_train(cfg: Config, callbacks: list[Any] | None = None) -> Path:
 
         check_eval_inputs(cfg.eval)  # a bad eval file fails now, not after training
     fingerprint = data_fingerprint(convs if replay is None else [convs, replay.fingerprint])
-    run_dir = prepare_run_dir(cfg) if is_main() else Path(cfg.train.output_dir)  # DDP: rank 0 writes
-    if cfg.train.resume:
+    source = resolve_source(cfg.model.source, cfg.model.revision)  # a typo fails before any file is touched
+    # Only now, with config, data and model validated, is the run dir created (or a run replaced).
+    reads = [*inputs, cfg.data.path, cfg.model.source, source.path, cfg.data.replay_path, cfg.data.clean]
+    reads += [cfg.eval.data, cfg.eval.general] if cfg.eval.at_end else []
+    if is_main():
+        run = prepare_run_dir(cfg, [r for r in reads if r])
+    else:  # DDP: rank 0 prepares the run dir
+        run = RunDir(Path(cfg.train.output_dir), resuming=cfg.train.resume)
+    with run.guard():  # a failure before the first step puts the directory back as it was
+        return _train_in(cfg, run, convs, cleaning, replay, fingerprint, source, callbacks)
+
+
+def _train_in(
+    cfg: Config,
+    run: RunDir,
+    convs: list[Any],
+    cleaning: Any,
+    replay: Any,
+    fingerprint: str,
+    source: Any,
+    callbacks: list[Any] | None,
+) -> Path:
+    from transformers import DataCollatorForSeq2Seq, set_seed
+    from transformers.integrations import TensorBoardCallback
+
+    run_dir = run.path
+    if run.resuming:
         _check_resume(run_dir, fingerprint)
     if is_main():
-        dump_config(cfg, run_dir / "config.yaml")
+        if not run.resuming:  # a resumed run's config.yaml is rewritten only once it has finished
+            dump_config(cfg, run_dir / "config.yaml")
         if cleaning:
             atomic_write_json(run_dir / "clean_report.json", cleaning.report)
             write_raw(cleaning.removed, run_dir / "removed.jsonl")
@@ -274,7 +296,6 @@ def run_train(cfg: Config, callbacks: list[Any] | None = None) -> Path:
     dtype = pick_dtype(cfg.train.dtype, device)
     args = _training_args(cfg, run_dir, device, dtype, bool(val_convs))  # bad trainer_args fail early
 
-    source = resolve_source(cfg.model.source, cfg.model.revision)
     tokenizer = load_tokenizer(source.path, cfg.model.trust_remote_code)
     tokenizer.chat_template = resolve_template(tokenizer, cfg.model.chat_template)
     fmt = ChatFormat(tokenizer, tokenizer.chat_template)
@@ -333,12 +354,18 @@ def run_train(cfg: Config, callbacks: list[Any] | None = None) -> Path:
         train_dataset=_ListDataset(train_ex),
         eval_dataset=_ListDataset(val_ex) if val_ex else None,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
-        callbacks=[metrics_cb, tensorboard, *early_stopping_callbacks(cfg.train), *(callbacks or [])],
+        callbacks=[
+            started_callback(run),
+            metrics_cb,
+            tensorboard,
+            *early_stopping_callbacks(cfg.train),
+            *(callbacks or []),
+        ],
         optimizer_cls_and_kwargs=optimizer_spec(model, args, lr_factor_fn(cfg, model)),
     )
     # the last checkpoint written completely: a process killed mid-save leaves a partial one
     checkpoint = None
-    if cfg.train.resume:
+    if run.resuming:
         checkpoint = last_complete_checkpoint(args.output_dir, remove_incomplete=is_main())
     metrics: dict[str, Any] = {}
     if checkpoint:
@@ -349,7 +376,9 @@ def run_train(cfg: Config, callbacks: list[Any] | None = None) -> Path:
     elif val_ex:
         metrics["eval_loss_before"] = trainer.evaluate()["eval_loss"]
         prepare_for_training_after_evaluate(trainer)  # DDP: else train() never wraps the model
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    with closing_tensorboard(tensorboard):
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+    run.started()  # (a run with nothing left to train takes no step)
     metrics.update(
         train_loss=result.training_loss,
         train_runtime_s=result.metrics.get("train_runtime"),
@@ -377,6 +406,8 @@ def run_train(cfg: Config, callbacks: list[Any] | None = None) -> Path:
         _save_atomically(model.merge_and_unload().save_pretrained, run_dir / "merged")
         tokenizer.save_pretrained(run_dir / "merged")
     _save_atomically(tokenizer.save_pretrained, run_dir / "tokenizer")
+    if run.resuming:
+        dump_config(cfg, run_dir / "config.yaml")
     card = RunCard(
         base_model=base_model_record(source, cfg.model.revision),
         template={"fingerprint": fmt.fingerprint, "end_of_turn": fmt.eot_token},

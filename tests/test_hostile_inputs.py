@@ -1,0 +1,186 @@
+"""Hostile-but-fair input: tunesmith never loses the user's files, never hangs on a config, and ends
+every bad input in one `error:` line instead of a traceback. Tiny models; each test takes seconds."""
+
+import json
+import shutil
+
+import pytest
+
+from conftest import EXAMPLE_DATA
+from tunesmith.cli import main
+from tunesmith.config import load_config
+from tunesmith.errors import ModelSourceError, RunDirError
+from tunesmith.runcard import read_run_card
+from tunesmith.train import run_train
+
+
+def cfg_for(model_dir, out, *extra):
+    return load_config(None, [
+        f"model.source={model_dir}", f"data.path={EXAMPLE_DATA}", "data.limit=12",
+        "data.val_fraction=0", f"train.output_dir={out}", "train.max_steps=2", "train.batch_size=4",
+        "train.grad_accum=1", "train.dtype=float32", "train.logging_steps=1", *extra,
+    ])  # fmt: skip
+
+
+def snapshot(folder):
+    """Every file under ``folder`` with its bytes: what must survive untouched."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in files}
+
+
+def train_steps(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [r["step"] for r in map(json.loads, lines) if "loss" in r]
+
+
+def stop_at(step):
+    from transformers import TrainerCallback
+
+    class Stop(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == step:
+                raise KeyboardInterrupt
+
+    return Stop()
+
+
+@pytest.fixture
+def finished_run(tmp_path, tiny_run):
+    """A copy of a finished run, to be overwritten."""
+    run = tmp_path / "old_run"
+    shutil.copytree(tiny_run, run)
+    return run
+
+
+# 1. overwrite is safe by construction
+
+
+def test_overwrite_with_a_typo_in_the_model_keeps_the_old_run(finished_run):
+    before = snapshot(finished_run)
+    cfg = cfg_for("no/such-model-typo", finished_run, "train.overwrite=true")
+    with pytest.raises(ModelSourceError):
+        run_train(cfg)
+    assert snapshot(finished_run) == before
+
+
+def test_overwrite_refuses_a_directory_that_is_not_a_run(tmp_path, tiny_qwen):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "notes.md").write_text("my notes", encoding="utf-8")
+    (project / "config.yaml").write_text("a: 1\n", encoding="utf-8")
+    before = snapshot(project)
+    for extra in ([], ["train.overwrite=true"]):
+        with pytest.raises(RunDirError, match="not a tunesmith run.*notes.md"):
+            run_train(cfg_for(tiny_qwen, project, *extra))
+    assert snapshot(project) == before
+
+
+def test_overwrite_refuses_the_working_directory_and_the_config_folder(
+    finished_run, tiny_qwen, monkeypatch, capsys
+):
+    before = snapshot(finished_run)
+    monkeypatch.chdir(finished_run)
+    with pytest.raises(RunDirError, match="working directory"):
+        run_train(cfg_for(tiny_qwen, ".", "train.overwrite=true"))
+    monkeypatch.chdir(finished_run.parent)
+    # the run's own config.yaml as the config file: the folder holding it is never replaced
+    config = finished_run / "config.yaml"
+    args = ["train", str(config), f"model.source={tiny_qwen}", f"data.path={EXAMPLE_DATA}"]
+    rc = main([*args, f"train.output_dir={finished_run}", "train.overwrite=true", "train.max_steps=1"])
+    assert rc == 2
+    assert "error:" in capsys.readouterr().err
+    assert snapshot(finished_run) == before
+
+
+def test_overwrite_moves_the_old_run_aside_until_the_new_one_has_started(finished_run, tiny_qwen):
+    from transformers import TrainerCallback
+
+    old_card = (finished_run / "tunesmith.json").read_bytes()
+    seen = {}
+
+    class Look(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            seen["aside"] = [p.name for p in finished_run.parent.iterdir() if "replaced" in p.name]
+            seen["card_kept"] = any(
+                (p / "tunesmith.json").read_bytes() == old_card
+                for p in finished_run.parent.iterdir()
+                if "replaced" in p.name
+            )
+
+    run_train(cfg_for(tiny_qwen, finished_run, "train.overwrite=true"), callbacks=[Look()])
+    assert seen["aside"] and seen["card_kept"]  # kept aside while the new run loaded
+    assert [p.name for p in finished_run.parent.iterdir()] == [finished_run.name]  # then deleted
+    assert (finished_run / "tunesmith.json").read_bytes() != old_card
+
+
+def test_overwrite_interrupted_before_the_first_step_restores_the_old_run(finished_run, tiny_qwen):
+    from transformers import TrainerCallback
+
+    class Boom(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            raise KeyboardInterrupt
+
+    before = snapshot(finished_run)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(cfg_for(tiny_qwen, finished_run, "train.overwrite=true"), callbacks=[Boom()])
+    assert snapshot(finished_run) == before
+    assert [p.name for p in finished_run.parent.iterdir()] == [finished_run.name]
+
+
+def test_a_failed_start_leaves_no_half_run_dir(tmp_path, tiny_qwen):
+    from transformers import TrainerCallback
+
+    class Boom(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            raise RuntimeError("fails before the first step")
+
+    with pytest.raises(RuntimeError):
+        run_train(cfg_for(tiny_qwen, tmp_path / "new"), callbacks=[Boom()])
+    assert not (tmp_path / "new").exists()
+
+
+# 5. resume checks the config against the recorded one
+
+
+def test_resume_with_a_changed_config_is_refused_before_the_model_loads(tmp_path, tiny_qwen, monkeypatch):
+    out = tmp_path / "run"
+    common = ["train.max_steps=4", "train.save_steps=2"]
+    with pytest.raises(KeyboardInterrupt):
+        run_train(cfg_for(tiny_qwen, out, *common), callbacks=[stop_at(3)])
+    recorded = (out / "config.yaml").read_bytes()
+
+    def no_load(*a, **kw):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("tunesmith.train.load_for_training", no_load)
+    changed = ["train.resume=true", "lora.r=16", "train.learning_rate=5e-5"]
+    with pytest.raises(RunDirError) as err:
+        run_train(cfg_for(tiny_qwen, out, *common, *changed))
+    msg = str(err.value)
+    assert "lora.r: 8 → 16" in msg and "train.learning_rate: 0.0001 → 5e-05" in msg
+    assert "may change on resume" in msg and "train.max_steps" in msg
+    assert (out / "config.yaml").read_bytes() == recorded  # a refused resume rewrites nothing
+    monkeypatch.undo()
+
+    # a key that may change on resume: the run goes on to the new step count
+    done = run_train(cfg_for(tiny_qwen, out, "train.max_steps=5", "train.save_steps=2", "train.resume=true"))
+    assert read_run_card(done).metrics["steps"] == 5
+    assert train_steps(done) == [1, 2, 3, 4, 5]
+    assert "max_steps: 5" in (done / "config.yaml").read_text(encoding="utf-8")
+
+
+# 6. a fresh start over an unfinished run without checkpoints
+
+
+def test_a_fresh_start_over_an_unfinished_run_starts_a_clean_metrics_stream(tmp_path, tiny_qwen):
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run_train(cfg_for(tiny_qwen, out, "train.max_steps=4"), callbacks=[stop_at(3)])
+    assert train_steps(out) == [1, 2]
+    (out / "checkpoints").mkdir(exist_ok=True)  # killed before the first save: an empty folder
+    with pytest.raises(RunDirError) as err:
+        read_run_card(out)
+    assert "did not finish" in str(err.value) and "checkpoints" not in str(err.value)
+
+    run_train(cfg_for(tiny_qwen, out, "train.max_steps=3"))
+    assert train_steps(out) == [1, 2, 3]
