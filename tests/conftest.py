@@ -67,6 +67,14 @@ def make_model_dir(path: Path, arch: str, pad_is_eos: bool) -> Path:
     torch.manual_seed(0)
     if arch == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**common))
+    elif arch == "gemma3":
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+        # A small sliding window, so packed rows cross it; layer 2 attends globally.
+        cfg = Gemma3TextConfig(
+            **common, head_dim=16, sliding_window=8, layer_types=["sliding_attention", "full_attention"]
+        )
+        model = Gemma3ForCausalLM(cfg)
     else:
         model = LlamaForCausalLM(LlamaConfig(**common))
     model.save_pretrained(path)
@@ -77,6 +85,12 @@ def make_model_dir(path: Path, arch: str, pad_is_eos: bool) -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen(tmp_path_factory) -> Path:
     return make_model_dir(tmp_path_factory.mktemp("tiny_qwen2"), "qwen2", pad_is_eos=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3(tmp_path_factory) -> Path:
+    """Gemma 3-shaped model (scaled embeddings, sliding-window layers, tied head)."""
+    return make_model_dir(tmp_path_factory.mktemp("tiny_gemma3"), "gemma3", pad_is_eos=False)
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,7 @@ def grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("arch", ["tiny_qwen", "tiny_llama"])
+@pytest.mark.parametrize("arch", ["tiny_qwen", "tiny_llama", "tiny_gemma3"])
 @pytest.mark.parametrize("unpadded, label_only", [(True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("multiple", [0, 16])
 def test_levers_match_plain_loss_and_gradients(request, arch, unpadded, label_only, multiple):
@@ -113,7 +113,7 @@ def test_unsupported_models_fall_back(tiny_qwen):
     assert not supports_fast_loss(model)
 
 
-@pytest.mark.parametrize("arch", ["tiny_qwen", "tiny_llama"])
+@pytest.mark.parametrize("arch", ["tiny_qwen", "tiny_llama", "tiny_gemma3"])
 def test_packed_sequences_stay_independent(request, arch, monkeypatch):
     """Packing a micro-batch into one row gives each sequence's own loss and gradients."""
     import tunesmith.fastloss as fl

@@ -37,13 +37,17 @@ def supports_fast_loss(model: Any) -> bool:
         return False
     # Softcapped or scaled logits would need the model's own post-processing.
     scaled = getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None)
-    return not scaled and getattr(cfg, "model_type", "") not in {"gemma2", "gemma3", "gemma3_text", "cohere"}
+    # Gemma 3 (text) has neither, and scales its embeddings inside embed_tokens, which the fast path
+    # calls; Gemma 2 softcaps, and the multimodal Gemma 3 wrapper has no plain lm_head(model(...)).
+    return not scaled and getattr(cfg, "model_type", "") not in {"gemma2", "gemma3", "cohere"}
 
 
 # Decoder families whose transformers implementation builds its attention mask with
 # ``masking_utils.create_causal_mask``, which reads restarting position ids (no attention mask, no
 # cache) as packed sequences and isolates them. Others run one sequence at a time.
-PACKABLE = frozenset({"llama", "qwen2", "qwen3", "mistral", "phi3", "olmo2", "granite", "smollm3"})
+PACKABLE = frozenset(
+    {"llama", "qwen2", "qwen3", "mistral", "phi3", "olmo2", "granite", "smollm3", "gemma3_text"}
+)
 
 
 def supports_packing(model: Any) -> bool:
