@@ -139,6 +139,17 @@ def test_a_failed_start_leaves_no_half_run_dir(tmp_path, tiny_qwen):
     assert not (tmp_path / "new").exists()
 
 
+# 3. one-step and tiny runs
+
+
+@pytest.mark.parametrize(
+    "extra", [["train.max_steps=1"], ["data.limit=4", "train.max_steps=null", "train.epochs=1"]]
+)
+def test_a_run_of_one_optimizer_step_finishes(tmp_path, tiny_qwen, extra):
+    run = run_train(cfg_for(tiny_qwen, tmp_path / "run", "train.warmup_ratio=0.5", *extra))
+    assert read_run_card(run).metrics["steps"] == 1
+
+
 # 5. resume checks the config against the recorded one
 
 

@@ -236,6 +236,7 @@ def _classify_in(
         _metrics_callback,
         _save_atomically,
         _training_args,
+        clamp_warmup,
         closing_tensorboard,
     )
 
@@ -296,6 +297,7 @@ def _classify_in(
         ],
         optimizer_cls_and_kwargs=optimizer_spec(model, args, lr_factor_fn(cfg, model)),
     )
+    clamp_warmup(trainer)  # a one-step run keeps a decay step
     checkpoint = last_complete_checkpoint(args.output_dir, is_main()) if run.resuming else None
     metrics: dict[str, Any] = {}
     if checkpoint:

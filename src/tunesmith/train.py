@@ -186,6 +186,28 @@ def closing_tensorboard(callback: Any) -> Iterator[None]:
         raise
 
 
+def clamp_warmup(trainer: Any) -> Any:
+    """Make ``trainer`` leave at least one decay step after warmup; return it.
+
+    transformers' polynomial schedule divides by the steps after warmup, so a run whose warmup
+    takes every step (``train.max_steps=1``, or a handful of records) failed with a
+    ZeroDivisionError after its only step.
+    """
+    create, args = trainer.create_scheduler, trainer.args
+
+    def create_scheduler(num_training_steps: int, optimizer: Any = None) -> Any:
+        if args.get_warmup_steps(num_training_steps) < num_training_steps:
+            return create(num_training_steps, optimizer)
+        saved, args.warmup_steps = args.warmup_steps, max(num_training_steps - 1, 0)
+        try:
+            return create(num_training_steps, optimizer)
+        finally:
+            args.warmup_steps = saved
+
+    trainer.create_scheduler = create_scheduler
+    return trainer
+
+
 def _check_resume(run_dir: Path, fingerprint: str) -> None:
     report = run_dir / "data_report.json"
     if report.is_file():
@@ -363,6 +385,7 @@ def _train_in(
         ],
         optimizer_cls_and_kwargs=optimizer_spec(model, args, lr_factor_fn(cfg, model)),
     )
+    clamp_warmup(trainer)  # a one-step run keeps a decay step
     # the last checkpoint written completely: a process killed mid-save leaves a partial one
     checkpoint = None
     if run.resuming:
