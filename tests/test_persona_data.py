@@ -1,4 +1,4 @@
-"""The held-out Zhen Huan question set and the assistant-voice calibration text: shape, keywords, no leakage.
+"""The held-out Zhen Huan question set and the calibration text: shape, keywords, no leakage.
 
 Fast and torch-free. The leakage checks compare every question with every training instruction and every
 reference with every training output; they run only where the Huanhuan data set is present.
@@ -16,11 +16,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 QUESTIONS = REPO / "examples" / "data" / "zhenhuan_questions.jsonl"
 ASSISTANT_VOICE = REPO / "src" / "tunesmith" / "evaluation" / "data" / "assistant_voice.jsonl"
+PLAIN_VOICE = REPO / "src" / "tunesmith" / "evaluation" / "data" / "plain_voice.jsonl"
 HUANHUAN = Path(__file__).resolve().parents[2] / "shared" / "data" / "huanhuan.json"
 
 QUESTION_KEYS = {"id", "kind", "question", "topic", "reference"}
 GENERIC_WORDS = {"她", "皇上", "本宫", "臣妾", "娘娘", "是", "的"}
 PALACE_WORDS = ("本宫", "臣妾", "嫔妾", "皇上", "娘娘", "奴婢", "小主", "朕")
+PLAIN_BANNED = (*PALACE_WORDS, "宫", "皇", "以下是", "希望对你有帮助", "AI助手", "人工智能助手", "语言模型")
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -112,3 +114,29 @@ def test_assistant_voice_file():
     ]
     assert len({_bare(t).lower() for t in texts}) == len(texts), "duplicate text"
     assert not [t for t in texts if any(w in t for w in PALACE_WORDS)]
+
+
+def test_plain_voice_file():
+    rows = _read_jsonl(PLAIN_VOICE)
+    assert all(set(r) == {"lang", "text"} for r in rows)
+    assert Counter(r["lang"] for r in rows) == {"zh": 220, "en": 80}
+    texts = [r["text"] for r in rows]
+    assert all(isinstance(t, str) and t == t.strip() and 6 <= len(t) <= 120 for t in texts), [
+        t for t in texts if not 6 <= len(t) <= 120
+    ]
+    assert len({_bare(t).lower() for t in texts}) == len(texts), "duplicate text"
+    assert not [t for t in texts if any(w in t for w in PLAIN_BANNED)]
+    assert not [t for t in texts if "as an ai" in t.lower() or "language model" in t.lower()]
+
+
+def test_plain_voice_has_no_near_duplicates():
+    """No two plain-voice lines, nor a plain and an assistant-voice line, share most of their trigrams."""
+    plain = [r["text"] for r in _read_jsonl(PLAIN_VOICE)]
+    assistant = [r["text"] for r in _read_jsonl(ASSISTANT_VOICE)]
+    grams = [_grams(t.lower()) for t in plain]
+    for i, a in enumerate(grams):
+        for j in range(i + 1, len(grams)):
+            assert _jaccard(a, grams[j]) < 0.5, (plain[i], plain[j])
+    assistant_grams = [_grams(t.lower()) for t in assistant]
+    for t, a in zip(plain, grams, strict=True):
+        assert max(_jaccard(a, b) for b in assistant_grams) < 0.5, t
