@@ -195,3 +195,99 @@ def test_a_fresh_start_over_an_unfinished_run_starts_a_clean_metrics_stream(tmp_
 
     run_train(cfg_for(tiny_qwen, out, "train.max_steps=3"))
     assert train_steps(out) == [1, 2, 3]
+
+
+# 4. IO failures end in one `error:` line naming the path and the cause
+
+
+def error_lines(capsys):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+def write_config(tmp_path, model_dir):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"model:\n  source: {model_dir}\ndata:\n  path: {EXAMPLE_DATA}\n  limit: 8\n  val_fraction: 0\n"
+        "train:\n  max_steps: 2\n  save_steps: 1\n  dtype: float32\n  batch_size: 4\n  grad_accum: 1\n",
+        encoding="utf-8",
+    )
+    return str(path)
+
+
+def test_train_into_a_file_or_under_a_file_or_read_only_is_one_error_line(
+    tmp_path, tiny_qwen, capsys, monkeypatch
+):
+    import errno
+    import pathlib
+
+    config = write_config(tmp_path, tiny_qwen)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x", encoding="utf-8")
+    assert main(["train", config, f"train.output_dir={a_file}"]) == 2
+    [line] = error_lines(capsys)
+    assert str(a_file) in line and "is a file" in line
+    assert main(["train", config, f"train.output_dir={a_file / 'run'}"]) == 2
+    [line] = error_lines(capsys)
+    assert str(a_file / "run") in line and "not a directory" in line
+    assert a_file.read_text(encoding="utf-8") == "x"
+
+    def read_only(self, *a, **kw):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", read_only)
+    assert main(["train", config, f"train.output_dir={tmp_path / 'ro' / 'run'}"]) == 2
+    [line] = error_lines(capsys)
+    assert "ro/run" in line and "read-only file system" in line
+
+
+def test_disk_full_while_saving_a_checkpoint_says_so(tmp_path, tiny_qwen, capsys, monkeypatch):
+    import shutil as sh
+    from collections import namedtuple
+
+    import torch
+
+    def full(*a, **kw):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1984 vs 1876")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(sh, "disk_usage", lambda p: usage(10**9, 10**9, 4096))
+    out = tmp_path / "run"
+    assert main(["train", write_config(tmp_path, tiny_qwen), f"train.output_dir={out}"]) == 2
+    [line] = error_lines(capsys)
+    assert str(out) in line and "no space left on device" in line
+
+
+def test_data_subcommands_report_unwritable_outputs_in_one_line(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x", encoding="utf-8")
+    data = str(EXAMPLE_DATA)
+    for argv in (
+        ["data", "clean", data, "-o", str(a_file / "clean.json")],
+        ["data", "split", data, "-o", str(a_file)],
+        ["data", "split", data, "-o", str(a_file / "splits")],
+        ["data", "inspect", data, "--html", str(a_file / "report.html")],
+        ["data", "inspect", data, "--html", str(tmp_path)],
+    ):
+        assert main(argv) == 2, argv
+        [line] = error_lines(capsys)
+        assert str(a_file) in line or str(tmp_path) in line, line
+        assert "not a directory" in line or "is a file" in line or "is a directory" in line, line
+    assert a_file.read_text(encoding="utf-8") == "x"
+
+
+# 9. a run dir missing its adapter or tokenizer
+
+
+@pytest.mark.parametrize("part", ["adapter", "tokenizer"])
+def test_chat_and_serve_on_a_run_missing_a_part_say_which(finished_run, part, capsys):
+    from tunesmith.inference import load_adapter_set
+
+    shutil.rmtree(finished_run / part)
+    assert main(["chat", str(finished_run), "--prompt", "hi"]) == 2
+    [line] = error_lines(capsys)
+    assert f"{part}/ is missing" in line
+    with pytest.raises(RunDirError, match=f"{part}/ is missing"):
+        load_adapter_set({"a": finished_run}, device="cpu")

@@ -28,7 +28,7 @@ from .distributed import (
     prepare_for_training_after_evaluate,
 )
 from .errors import DatasetError, RunDirError
-from .files import atomic_write_json
+from .files import atomic_write_json, storage_errors
 from .logs import get_logger
 from .methods import LORA_METHODS, apply_method, count_parameters, weights_dir
 from .modeling import load_tokenizer, pick_device, pick_dtype, resolve_source
@@ -214,12 +214,13 @@ def run_classify(cfg: Config, callbacks: list[Any] | None = None, inputs: list[A
     data = load_labelled(cfg.data)  # missing labels fail before anything is written
     fingerprint = data_fingerprint([data.texts, data.labels])
     source = resolve_source(cfg.model.source, cfg.model.revision)  # before any file is touched
-    if is_main():
-        run = prepare_run_dir(cfg, [*(inputs or []), cfg.data.path, cfg.model.source, source.path])
-    else:
-        run = RunDir(Path(cfg.train.output_dir), resuming=cfg.train.resume)
-    with run.guard():  # a failure before the first step puts the directory back as it was
-        return _classify_in(cfg, run, data, fingerprint, source, callbacks)
+    with storage_errors(cfg.train.output_dir, "training into"):  # read-only, disk full: one clear error
+        if is_main():
+            run = prepare_run_dir(cfg, [*(inputs or []), cfg.data.path, cfg.model.source, source.path])
+        else:
+            run = RunDir(Path(cfg.train.output_dir), resuming=cfg.train.resume)
+        with run.guard():  # a failure before the first step puts the directory back as it was
+            return _classify_in(cfg, run, data, fingerprint, source, callbacks)
 
 
 def _classify_in(

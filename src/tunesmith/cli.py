@@ -125,6 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TunesmithError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a file that cannot be read or written: say which and why, no traceback
+        from .files import os_error_message
+
+        print(f"error: {os_error_message(e)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -53,5 +53,12 @@ class RunDirError(TunesmithError, ValueError):
     """A run directory is missing, unfinished or inconsistent."""
 
 
+class FileError(TunesmithError, OSError):
+    """A file or directory could not be read or written (read-only, disk full, not a directory).
+
+    The message names the path and the cause in words.
+    """
+
+
 class DependencyError(TunesmithError, ImportError):
     """An optional dependency is missing; the message says what to install."""

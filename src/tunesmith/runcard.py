@@ -78,6 +78,21 @@ def read_run_card(run_dir: str | Path) -> RunCard:
         raise RunDirError(f"{run_dir}: no {RUN_CARD}, so training there did not finish.{hint}")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-        return RunCard(**raw)
-    except (json.JSONDecodeError, TypeError) as e:
-        raise RunDirError(f"{path}: unreadable run card ({e})") from None
+        card = RunCard(**raw)
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{path}: unreadable run card ({str(e)[:200]})") from None
+    _check_parts(run_dir, card)
+    return card
+
+
+def _check_parts(run_dir: Path, card: RunCard) -> None:
+    """The weights and tokenizer folders the card names are there (an export holds them itself)."""
+    if card.is_export:
+        return
+    for what, name in (("weights", card.adapter), ("tokenizer", card.tokenizer)):
+        part = run_dir / str(name)
+        if not part.is_dir() or not any(part.iterdir()):
+            raise RunDirError(
+                f"{run_dir}: its {what} folder {name}/ is missing or empty, so the run cannot be loaded "
+                "(was the run directory copied in part?). Copy the whole run directory, or train again"
+            )

@@ -26,7 +26,7 @@ from .distributed import (
 )
 from .errors import ConfigError, RunDirError
 from .fastloss import make_trainer
-from .files import atomic_write_json, sha256_text
+from .files import atomic_write_json, sha256_text, storage_errors
 from .levers import (
     FROZEN_BF16_METHODS,
     restore_fp32,
@@ -281,12 +281,13 @@ def run_train(cfg: Config, callbacks: list[Any] | None = None, inputs: Sequence[
     # Only now, with config, data and model validated, is the run dir created (or a run replaced).
     reads = [*inputs, cfg.data.path, cfg.model.source, source.path, cfg.data.replay_path, cfg.data.clean]
     reads += [cfg.eval.data, cfg.eval.general] if cfg.eval.at_end else []
-    if is_main():
-        run = prepare_run_dir(cfg, [r for r in reads if r])
-    else:  # DDP: rank 0 prepares the run dir
-        run = RunDir(Path(cfg.train.output_dir), resuming=cfg.train.resume)
-    with run.guard():  # a failure before the first step puts the directory back as it was
-        return _train_in(cfg, run, convs, cleaning, replay, fingerprint, source, callbacks)
+    with storage_errors(cfg.train.output_dir, "training into"):  # read-only, disk full: one clear error
+        if is_main():
+            run = prepare_run_dir(cfg, [r for r in reads if r])
+        else:  # DDP: rank 0 prepares the run dir
+            run = RunDir(Path(cfg.train.output_dir), resuming=cfg.train.resume)
+        with run.guard():  # a failure before the first step puts the directory back as it was
+            return _train_in(cfg, run, convs, cleaning, replay, fingerprint, source, callbacks)
 
 
 def _train_in(

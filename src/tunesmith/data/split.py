@@ -124,7 +124,7 @@ def split_file(
     value of that field is split in the same proportion.
     """
     from ..errors import DatasetError
-    from ..files import atomic_write_json
+    from ..files import atomic_write_json, ensure_dir
     from .convert import write_raw
     from .formats import read_raw
     from .inspect import to_rows
@@ -144,7 +144,7 @@ def split_file(
     groups = leak_groups(list(prompts), list(texts), near_threshold)
     train, val = split_indices(groups, val_fraction, seed, strata)
     ext = path.suffix.lower()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out_dir)
     write_raw([raw[i][1] for i in train], out_dir / f"train{ext}")
     write_raw([raw[i][1] for i in val], out_dir / f"val{ext}")
     report = {
