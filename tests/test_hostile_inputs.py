@@ -291,3 +291,64 @@ def test_chat_and_serve_on_a_run_missing_a_part_say_which(finished_run, part, ca
     assert f"{part}/ is missing" in line
     with pytest.raises(RunDirError, match=f"{part}/ is missing"):
         load_adapter_set({"a": finished_run}, device="cpu")
+
+
+# 2. a YAML alias bomb ("billion laughs") is refused at once
+
+
+def alias_bomb(levels=9):
+    """A YAML list whose expansion holds 9**levels strings, in a few hundred bytes."""
+    rows = ["&l0 [" + ", ".join(["lol"] * 9) + "]"]
+    rows += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, levels + 1)]
+    return "[" + ", ".join(rows) + "]"
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["lora:\n  r: {bomb}\n", "lora: {bomb}\n", "train:\n  trainer_args: {{zz: {bomb}}}\n"],
+    ids=["key", "section", "trainer_args"],
+)
+def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path, where):
+    import subprocess
+    import sys
+
+    config = tmp_path / "bomb.yaml"
+    body = f"model:\n  source: {tmp_path}\ndata:\n  path: {EXAMPLE_DATA}\n" + where.format(bomb=alias_bomb())
+    config.write_text(body, encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunesmith.cli", "train", str(config), "train.output_dir=run"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "alias" in proc.stderr and len(proc.stderr) < 2000
+    assert not (tmp_path / "run").exists()
+
+
+# 8. config input that used to crash: each is one clear error
+
+
+def test_bad_config_inputs_are_one_clear_error(tmp_path, capsys):
+    good = ["model.source=m", f"data.path={EXAMPLE_DATA}"]
+    top_list = tmp_path / "list.yaml"
+    top_list.write_text("- model\n- data\n", encoding="utf-8")
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("model:\n  source: café\n".encode("latin-1"))
+    many = tmp_path / "many.yaml"
+    many.write_text("lora:\n" + "".join(f"  k{i}: 1\n" for i in range(4_000)), encoding="utf-8")
+    long_value = tmp_path / "long.yaml"
+    long_value.write_text("lora:\n  r: " + "x" * 200_000 + "\n", encoding="utf-8")
+    cases = [
+        (["train", str(long_value), *good], "expected an integer"),
+        (["train", str(top_list), *good], "top level must be a mapping"),
+        (["train", str(latin1), *good], "not UTF-8"),
+        (["train", str(many), *good], "and 3980 more"),
+        (["train", str(long_value), "lora.r=["], "override 'lora.r=['"),
+    ]
+    for argv, expected in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and err.startswith("error:"), err[:300]
+        assert expected in err and len(err) < 3000, err[:300]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -183,11 +184,64 @@ class Config:
 
 
 REQUIRED = {("model", "source"), ("data", "path")}
+_TOP_LEVEL = "the top level must be a mapping of sections (model:, data:, train: ...), got a "
 
 
 def _hint(name: str, choices: list[str], prefix: str = "") -> str:
+    if len(name) > 100:  # no near miss of a key name is this long
+        return ""
     close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
     return f" (did you mean `{prefix}{close[0]}`?)" if close else ""
+
+
+# Bounds on what a config may hold. YAML aliases (*name) share one object in memory, but every
+# walk over the value (type checks, messages, dumping) expands them: a "billion laughs" alias bomb
+# of a few hundred bytes would hang tunesmith. Real configs are a few KiB with ~100 values.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_VALUES = 10_000
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = _REPR.maxset = 8
+_REPR.maxlevel = 3
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)`` cut to a line: error messages never print a whole (huge) value."""
+    return _REPR.repr(value)
+
+
+def _count_values(data: Any, where: str | None) -> None:
+    """Refuse a value that holds more than MAX_CONFIG_VALUES items once aliases are expanded.
+
+    Iterative and stops at the limit, so a self-referencing alias or a bomb costs microseconds.
+    """
+    stack, seen = [data], 0
+    while stack:
+        value = stack.pop()
+        seen += 1
+        if seen > MAX_CONFIG_VALUES:
+            raise ConfigError(
+                f"holds more than {MAX_CONFIG_VALUES} values, counting each YAML alias (*name) "
+                "expanded; no tunesmith config is this large (an alias bomb?)",
+                where,
+            )
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
+
+
+def _load_yaml(text: str, where: str | None) -> Any:
+    """``yaml.safe_load`` under size and shape limits; every failure is one ConfigError."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"not valid YAML: {str(e)[:400]}", where) from None
+    except RecursionError:
+        raise ConfigError("YAML nested too deeply to be a config", where) from None
+    _count_values(data, where)
+    return data
 
 
 def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
@@ -200,14 +254,14 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], where, problems)
     if origin is Literal:
-        if value not in args:
-            problems.append(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        if not isinstance(value, str | int | float | bool | None) or value not in args:
+            problems.append(f"{where}: {short_repr(value)} is not one of {', '.join(map(repr, args))}")
         return value
     if origin is list:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list):
-            problems.append(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+            problems.append(f"{where}: expected a list, got {type(value).__name__} {short_repr(value)}")
             return value
         return [_coerce(v, args[0], f"{where}[{i}]", problems) for i, v in enumerate(value)]
     if origin is dict:
@@ -216,15 +270,15 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            problems.append(f"{where}: expected true or false, got {value!r}")
+            problems.append(f"{where}: expected true or false, got {short_repr(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            problems.append(f"{where}: expected an integer, got {value!r}")
+            problems.append(f"{where}: expected an integer, got {short_repr(value)}")
         return value
     if tp is float:
         if isinstance(value, bool):
-            problems.append(f"{where}: expected a number, got {value!r}")
+            problems.append(f"{where}: expected a number, got {short_repr(value)}")
             return value
         if isinstance(value, int | float):
             return float(value)
@@ -233,11 +287,11 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        problems.append(f"{where}: expected a number, got {value!r}")
+        problems.append(f"{where}: expected a number, got {short_repr(value)}")
         return value
     if tp is str:
         if not isinstance(value, str):
-            problems.append(f"{where}: expected a string, got {value!r}")
+            problems.append(f"{where}: expected a string, got {short_repr(value)}")
         return value
     return value
 
@@ -248,7 +302,7 @@ def fill_section(section: Any, body: dict[str, Any], prefix: str, problems: list
     names = [f.name for f in dataclasses.fields(section)]
     for key, value in body.items():
         if key not in hints:
-            problems.append(f"unknown key `{prefix}{key}`{_hint(str(key), names, prefix)}")
+            problems.append(f"unknown key `{prefix}{str(key)[:80]}`{_hint(str(key), names, prefix)}")
             continue
         setattr(section, key, _coerce(value, hints[key], f"`{prefix}{key}`", problems))
 
@@ -258,15 +312,15 @@ def _build(raw: dict[str, Any], source: str | None) -> Config:
     cfg = Config()
     sections = {f.name: f for f in dataclasses.fields(Config)}
     if not isinstance(raw, dict):
-        raise ConfigError(f"top level must be a mapping of sections, got {type(raw).__name__}", source)
+        raise ConfigError(_TOP_LEVEL + type(raw).__name__, source)
     for sname, body in raw.items():
         if sname not in sections:
-            problems.append(f"unknown section `{sname}`{_hint(str(sname), list(sections))}")
+            problems.append(f"unknown section `{str(sname)[:80]}`{_hint(str(sname), list(sections))}")
             continue
         if body is None:
             continue
         if not isinstance(body, dict):
-            problems.append(f"`{sname}` must be a mapping of keys, got {body!r}")
+            problems.append(f"`{sname}` must be a mapping of keys, got {short_repr(body)}")
             continue
         fill_section(getattr(cfg, sname), body, sname + ".", problems)
     for sname, key in sorted(REQUIRED):
@@ -411,9 +465,13 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         parts = key.strip().split(".")
         if not sep or len(parts) != 2 or not all(parts):
-            problems.append(f"override {item!r} must look like section.key=value")
+            problems.append(f"override {short_repr(item)} must look like section.key=value")
             continue
-        value = yaml.safe_load(text) if text.strip() else ""
+        try:
+            value = _load_yaml(text, None) if text.strip() else ""
+        except ConfigError as e:
+            problems.append(f"override {short_repr(item)}: {e.problems[0]}")
+            continue
         nested.setdefault(parts[0], {})[parts[1]] = value
     if problems:
         raise ConfigError(problems, "command-line overrides")
@@ -441,13 +499,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         source = str(path)
         try:
+            if Path(path).stat().st_size > MAX_CONFIG_BYTES:
+                raise ConfigError(f"larger than {MAX_CONFIG_BYTES >> 20} MiB; is this a config file?", source)
             text = Path(path).read_text(encoding="utf-8")
         except OSError as e:
             raise ConfigError(f"cannot read config file: {e.strerror}", source) from None
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"not valid YAML: {e}", source) from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8",
+                source,
+            ) from None
+        raw = _load_yaml(text, source)
+        raw = {} if raw is None else raw
+        if not isinstance(raw, dict):  # checked before the overrides are merged in
+            raise ConfigError(_TOP_LEVEL + type(raw).__name__, source)
     if overrides:
         raw = _merge(raw, parse_overrides(overrides))
         source = f"{source} + overrides" if source else "command-line overrides"

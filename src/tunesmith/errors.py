@@ -8,12 +8,20 @@ class TunesmithError(Exception):
 
 
 class ConfigError(TunesmithError, ValueError):
-    """The configuration is invalid. Holds every problem found, not just the first."""
+    """The configuration is invalid. Holds every problem found, not just the first.
+
+    The message lists the first ``SHOWN`` problems and counts the rest.
+    """
+
+    SHOWN = 20
 
     def __init__(self, problems: list[str] | str, source: str | None = None):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         where = f" in {source}" if source else ""
-        lines = "\n".join(f"  - {p}" for p in self.problems)
+        shown = self.problems[: self.SHOWN]
+        lines = "\n".join(f"  - {p}" for p in shown)
+        if len(self.problems) > len(shown):
+            lines += f"\n  ... and {len(self.problems) - len(shown)} more"
         super().__init__(f"{len(self.problems)} problem(s) with the configuration{where}:\n{lines}")
 
 
