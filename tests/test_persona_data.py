@@ -87,9 +87,21 @@ def test_topic_keywords_are_specific(questions):
             assert len(others) <= 3, (q["id"], k, others)
 
 
-@pytest.mark.skipif(not HUANHUAN.exists(), reason=f"{HUANHUAN} not present")
-def test_nothing_is_taken_from_the_training_data(questions):
-    records = json.loads(HUANHUAN.read_text(encoding="utf-8"))
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "data" / "zhenhuan_roleplay.json"
+
+
+@pytest.mark.parametrize(
+    "source, limit",
+    [
+        pytest.param(
+            HUANHUAN, 0.5, marks=pytest.mark.skipif(not HUANHUAN.exists(), reason="no huanhuan.json")
+        ),
+        (EXAMPLE, 0.3),  # the quickstart trains on it: not even a paraphrase may come close
+    ],
+    ids=["huanhuan", "example"],
+)
+def test_nothing_is_taken_from_the_training_data(questions, source, limit):
+    records = json.loads(source.read_text(encoding="utf-8"))
     pairs = (("question", "instruction"), ("reference", "output"))
     for ours, theirs in pairs:
         texts = [_bare(r[theirs]) for r in records]
@@ -98,7 +110,7 @@ def test_nothing_is_taken_from_the_training_data(questions):
             mine = _bare(q[ours])
             mine_grams = _grams(mine)
             best = max(_jaccard(mine_grams, g) for g in grams)
-            assert best < 0.5, (q["id"], ours, best)
+            assert best < limit, (q["id"], ours, best)
             for t in texts:
                 if len(t) >= 6:
                     assert mine not in t and t not in mine, (q["id"], ours, t)

@@ -33,6 +33,7 @@ from ..errors import DatasetError
 from ..metrics import chars, distinct_n, rouge_l
 
 KINDS = ("persona", "general")
+FALSE_PASS = 0.03  # share of other-voice lines the judge's threshold lets pass in cross-validation
 # Phrases of a generic assistant describing itself; none occurs in the persona's own lines.
 DEFAULT_LEAK_MARKERS = (
     "人工智能",
@@ -193,12 +194,13 @@ class StyleJudge:
 
     model: Any
     calibration: dict[str, float]
+    threshold: float = 0.5
 
     def judge(self, texts: list[str]) -> list[bool]:
-        """True for each text the classifier takes for the persona (probability >= 0.5)."""
+        """True for each text whose persona probability reaches the judge's threshold."""
         if not texts:
             return []
-        return [bool(p >= 0.5) for p in self.model.predict_proba(texts)[:, 1]]
+        return [bool(p >= self.threshold) for p in self.model.predict_proba(texts)[:, 1]]
 
 
 def fit_style_judge(
@@ -217,6 +219,7 @@ def fit_style_judge(
     """
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
     from sklearn.pipeline import make_pipeline
 
     persona = sorted({t.strip() for t in persona if t and t.strip()})
@@ -234,9 +237,17 @@ def fit_style_judge(
         TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), sublinear_tf=True, min_df=1),
         LogisticRegression(class_weight="balanced", max_iter=2000, C=4.0),
     )
-    model.fit(persona[cut_p:] + generic[cut_g:], [1] * (len(persona) - cut_p) + [0] * (len(generic) - cut_g))
-    judge = StyleJudge(model, {})
+    texts = persona[cut_p:] + generic[cut_g:]
+    labels = [1] * (len(persona) - cut_p) + [0] * (len(generic) - cut_g)
+    # The threshold comes from cross-validation on the training lines alone: the probability that
+    # only FALSE_PASS of the other voices reach. The held-out lines then measure the judge as used.
+    folds = cross_val_predict(model, texts, labels, cv=5, method="predict_proba")[:, 1]
+    others = sorted(p for p, y in zip(folds, labels, strict=True) if y == 0)
+    threshold = max(0.5, float(others[min(len(others) - 1, int(len(others) * (1 - FALSE_PASS)))]))
+    model.fit(texts, labels)
+    judge = StyleJudge(model, {}, threshold)
     judge.calibration = {
+        "threshold": threshold,
         "persona_heldout": sum(judge.judge(persona[:cut_p])) / cut_p,
         "generic_heldout": sum(judge.judge(generic[:cut_g])) / cut_g,
         "persona_heldout_n": cut_p,
