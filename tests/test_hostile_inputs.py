@@ -352,3 +352,14 @@ def test_bad_config_inputs_are_one_clear_error(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "Traceback" not in err and err.startswith("error:"), err[:300]
         assert expected in err and len(err) < 3000, err[:300]
+
+
+def test_an_interrupt_before_any_checkpoint_does_not_suggest_resuming(tmp_path, capsys, monkeypatch):
+    def interrupted(cfg, **kw):
+        (tmp_path / "run").mkdir()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("tunesmith.train.run_train", interrupted)
+    assert main(["train", write_config(tmp_path, tmp_path), f"train.output_dir={tmp_path / 'run'}"]) == 130
+    err = capsys.readouterr().err
+    assert "nothing to resume" in err and "train.resume=true" not in err
