@@ -363,3 +363,49 @@ def test_an_interrupt_before_any_checkpoint_does_not_suggest_resuming(tmp_path, 
     assert main(["train", write_config(tmp_path, tmp_path), f"train.output_dir={tmp_path / 'run'}"]) == 130
     err = capsys.readouterr().err
     assert "nothing to resume" in err and "train.resume=true" not in err
+
+
+# 7. data that used to crash: lone surrogates, huge integers, deep nesting
+
+
+def test_a_lone_surrogate_is_reported_repaired_by_clean_and_refused_by_train(tmp_path, capsys):
+    from tunesmith.data.clean import clean_file
+    from tunesmith.data.inspect import inspect_file
+
+    data = tmp_path / "cut_emoji.json"
+    rows = [{"instruction": "hi", "output": "fine"}, {"instruction": "hi", "output": "a\ud83d"}]
+    data.write_text(json.dumps(rows, ensure_ascii=True), encoding="utf-8")  # "\ud83d" escaped in JSON
+
+    text = inspect_file(data)["text"]
+    assert text["lone_surrogate_records"] == 1 and text["lone_surrogate_examples"] == [[1, "output"]]
+    assert main(["data", "inspect", str(data), "--json"]) == 0  # prints valid UTF-8
+
+    rep = clean_file(data, tmp_path / "clean.json")
+    assert rep["modified"]["lone_surrogates_replaced"] == 1
+    cleaned = json.loads((tmp_path / "clean.json").read_text(encoding="utf-8"))
+    assert "a\ufffd" in [r["output"] for r in cleaned]
+
+    capsys.readouterr()
+    assert main(["train", write_config(tmp_path, tmp_path), f"data.path={data}"]) == 2
+    [line] = error_lines(capsys)
+    assert "record 1" in line and "'output'" in line and "surrogate" in line
+
+
+def test_huge_integers_and_deep_nesting_never_end_in_a_traceback(tmp_path, capsys):
+    from tunesmith.data import load_records
+
+    big = tmp_path / "big.jsonl"
+    line = '{"instruction": "hi", "output": "ok", "n": ' + "7" * 5000 + "}"
+    big.write_text('{"instruction": "hi", "output": "ok"}\n' + line + "\n", encoding="utf-8")
+    train = ["train", write_config(tmp_path, tmp_path), f"data.path={big}"]
+    for argv in (["data", "inspect", str(big)], train):
+        assert main(argv) == 2
+        [line] = error_lines(capsys)
+        assert "line 2" in line and "5,000 digits" in line
+
+    deep = tmp_path / "deep.json"
+    nested = "[" * 900 + "]" * 900
+    deep.write_text(f'[{{"instruction": "hi", "output": "ok", "extra": {nested}}}]', encoding="utf-8")
+    assert main(["data", "inspect", str(deep)]) == 0
+    assert main(["data", "clean", str(deep), "-o", str(tmp_path / "deep_clean.json")]) == 0
+    assert load_records(deep)[0][-1]["content"] == "ok"

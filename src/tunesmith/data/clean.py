@@ -23,6 +23,7 @@ from ..errors import ConfigError, DatasetError
 from ..files import sha256_text
 from . import textcheck
 from .dedup import near_duplicate_clusters
+from .formats import map_strings, surrogate_field
 from .inspect import Row, to_rows
 
 # Full-width CJK punctuation and ellipses that NFKC would turn into ASCII; Chinese text keeps them.
@@ -115,16 +116,6 @@ def make_text_cleaner(recipe: CleanRecipe):  # noqa: ANN201
     return clean_text
 
 
-def _map_strings(obj: Any, fn) -> Any:  # noqa: ANN001
-    if isinstance(obj, str):
-        return fn(obj)
-    if isinstance(obj, dict):
-        return {k: _map_strings(v, fn) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_map_strings(v, fn) for v in obj]
-    return obj
-
-
 @dataclass
 class CleanResult:
     records: list[Any]
@@ -169,7 +160,7 @@ def _normalise(
         if row.error and row.fmt is None:  # not a record of any format: nothing to repair
             removed.append({"index": row.index, "reason": "invalid", "detail": row.error, "record": row.raw})
             continue
-        new = _map_strings(row.raw, clean_text)
+        new = map_strings(row.raw, clean_text)
         stats["text_changed"] += new != row.raw
         (fixed,) = to_rows([(None, new)])
         if fixed.error and recipe.missing == "fill":
@@ -219,11 +210,26 @@ def _dedup(rows: list[Row], recipe: CleanRecipe, removed: list) -> list[Row]:
     return rows
 
 
+def _repair_surrogates(raw: list[tuple[int | None, Any]], stats: Counter) -> list[tuple[int | None, Any]]:
+    """Replace lone UTF-16 surrogates (half an emoji; they cannot be written as UTF-8) by U+FFFD.
+
+    Always on, before the recipe: a record holding one could not even be written to removed.jsonl.
+    """
+    out = []
+    for lineno, rec in raw:
+        if surrogate_field(rec) is not None:
+            rec = map_strings(rec, textcheck.fix_surrogates)
+            stats["lone_surrogates_replaced"] += 1
+        out.append((lineno, rec))
+    return out
+
+
 def clean_records(raw: list[tuple[int | None, Any]], recipe: CleanRecipe | None = None) -> CleanResult:
     """Apply ``recipe`` to raw records (as read by ``read_raw``); nothing is dropped silently."""
     recipe = recipe or CleanRecipe()
     removed: list[dict[str, Any]] = []
     stats: Counter = Counter()
+    raw = _repair_surrogates(raw, stats)
     rows = _normalise(raw, recipe, removed, stats)
     kept = []
     for r in rows:

@@ -12,13 +12,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shlex
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import DatasetError
 from ..registry import Registry
+from .textcheck import lone_surrogates
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -43,6 +46,8 @@ class _Bad(Exception):
 
 def _text(rec: dict[str, Any], key: str, required: bool = True) -> str:
     if key not in rec or rec[key] is None:
+        if required and key in rec:
+            raise _Bad(f"field {key!r} is null; it must hold text")
         if required:
             raise _Bad(f"missing field {key!r} (found fields: {', '.join(map(str, rec)) or 'none'})")
         return ""
@@ -210,6 +215,18 @@ def _read_text(path: Path) -> str:
         raise DatasetError(_not_utf8_message(path, raw, e), str(path)) from None
 
 
+def _huge_number(text: str, err: ValueError) -> str:
+    """The message for a number too long for Python's int(): where it is and what to do."""
+    m = re.search(rf"\d{{{sys.get_int_max_str_digits() + 1},}}", text)
+    if m is None:
+        return f"cannot read a value: {str(err)[:200]}"
+    line = text.count("\n", 0, m.start()) + 1
+    return (
+        f"a number with {len(m.group()):,} digits at line {line} (more than Python reads, "
+        f"{sys.get_int_max_str_digits():,}); write it as a string if it is data"
+    )
+
+
 def _parse_json(text: str, path: Path) -> list[tuple[int | None, Any]]:
     try:
         data = json.loads(text)
@@ -220,6 +237,8 @@ def _parse_json(text: str, path: Path) -> list[tuple[int | None, Any]]:
         ) from None
     except RecursionError:
         raise DatasetError("JSON is nested too deeply to read", str(path)) from None
+    except ValueError as e:  # json reads integers through int(), which refuses > 4300 digits
+        raise DatasetError(_huge_number(text, e), str(path)) from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
@@ -238,6 +257,8 @@ def _parse_jsonl(text: str, path: Path) -> list[tuple[int | None, Any]]:
                 raise DatasetError(msg, str(path)) from None
             except RecursionError:
                 raise DatasetError(f"line {lineno}: JSON is nested too deeply", str(path)) from None
+            except ValueError as e:
+                raise DatasetError(f"line {lineno}: {_huge_number(line, e)}", str(path)) from None
     return out
 
 
@@ -290,19 +311,54 @@ _PARSERS: dict[str, Callable[[str, Path], list[tuple[int | None, Any]]]] = {
 }
 
 
-def _oversized_field(rec: Any) -> tuple[str, int] | None:
-    """The first string anywhere in ``rec`` longer than MAX_FIELD_CHARS, as (field path, length)."""
-    stack: list[tuple[str, Any]] = [("", rec)]  # iterative: deep nesting must not hit the recursion limit
+def walk_strings(rec: Any) -> Iterator[tuple[str, str]]:
+    """Every string anywhere in ``rec``, in order, as (field path such as ``messages[1].content``, text).
+
+    Iterative: a record nested a thousand levels deep must not hit the recursion limit.
+    """
+    stack: list[tuple[str, Any]] = [("", rec)]
     while stack:
         where, value = stack.pop()
         if isinstance(value, str):
-            if len(value) > MAX_FIELD_CHARS:
-                return where, len(value)
+            yield where, value
         elif isinstance(value, dict):
             stack.extend((f"{where}.{k}" if where else str(k), v) for k, v in reversed(value.items()))
         elif isinstance(value, list):
             stack.extend((f"{where}[{i}]", v) for i, v in reversed(list(enumerate(value))))
-    return None
+
+
+def map_strings(obj: Any, fn: Callable[[str], str]) -> Any:
+    """A copy of ``obj`` with ``fn`` applied to every string at any depth (iterative, as above)."""
+    stack: list[tuple[Any, Any]] = []
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, str):
+            return fn(value)
+        if isinstance(value, dict | list):
+            new: Any = {} if isinstance(value, dict) else []
+            stack.append((value, new))
+            return new
+        return value
+
+    top = convert(obj)
+    while stack:
+        src, dst = stack.pop()
+        if isinstance(src, dict):
+            for k, v in src.items():
+                dst[k] = convert(v)
+        else:
+            dst.extend(convert(v) for v in src)
+    return top
+
+
+def _oversized_field(rec: Any) -> tuple[str, int] | None:
+    """The first string anywhere in ``rec`` longer than MAX_FIELD_CHARS, as (field path, length)."""
+    return next(((where, len(s)) for where, s in walk_strings(rec) if len(s) > MAX_FIELD_CHARS), None)
+
+
+def surrogate_field(rec: Any) -> str | None:
+    """The first field of ``rec`` holding a lone UTF-16 surrogate, or None."""
+    return next((where for where, s in walk_strings(rec) if lone_surrogates(s)), None)
 
 
 def check_raw_record(rec: Any, path: str | Path, index: int, lineno: int | None = None) -> dict[str, Any]:
@@ -319,6 +375,14 @@ def check_raw_record(rec: Any, path: str | Path, index: int, lineno: int | None 
         raise DatasetError(
             f"field {big[0]!r} is {big[1]:,} characters long, over the limit of {MAX_FIELD_CHARS:,}{where}; "
             "split this record into smaller ones or drop it",
+            str(path),
+            index,
+        )
+    broken = surrogate_field(rec)
+    if broken:
+        raise DatasetError(
+            f"field {broken!r} holds a lone UTF-16 surrogate (half of an emoji cut off by some tool)"
+            f"{where}; `tunesmith data clean` (or data.clean: default) replaces it with U+FFFD",
             str(path),
             index,
         )

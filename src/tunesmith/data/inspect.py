@@ -12,7 +12,17 @@ from typing import Any
 
 from . import textcheck
 from .dedup import near_duplicate_clusters
-from .formats import FORMATS, Conversation, _Bad, detect_format, read_raw, validate_conversation
+from .formats import (
+    FORMATS,
+    Conversation,
+    _Bad,
+    detect_format,
+    map_strings,
+    read_raw,
+    surrogate_field,
+    validate_conversation,
+    walk_strings,
+)
 
 
 @dataclass
@@ -30,13 +40,7 @@ class Row:
 
 def _strings(obj: Any) -> list[str]:
     """Every string inside a record, at any depth."""
-    if isinstance(obj, str):
-        return [obj]
-    if isinstance(obj, dict):
-        return [s for v in obj.values() for s in _strings(v)]
-    if isinstance(obj, list):
-        return [s for v in obj for s in _strings(v)]
-    return []
+    return [s for _, s in walk_strings(obj)]
 
 
 def to_rows(raw_records: list[tuple[int | None, Any]], fmt: str = "auto") -> list[Row]:
@@ -172,7 +176,11 @@ def inspect_file(
     Raises:
         DatasetError: only when the file itself cannot be read; bad records are reported.
     """
-    rows = to_rows(read_raw(Path(path)), fmt)
+    raw = read_raw(Path(path))
+    broken = [[i, f] for i, (_, rec) in enumerate(raw) if (f := surrogate_field(rec))]
+    if broken:  # reported, then replaced: every later step and the printed report is valid UTF-8
+        raw = [(n, map_strings(rec, textcheck.fix_surrogates)) for n, rec in raw]
+    rows = to_rows(raw, fmt)
     ok = [r for r in rows if r.error is None]
     report: dict[str, Any] = {
         "file": str(path),
@@ -186,7 +194,11 @@ def inspect_file(
             "prompt": length_stats([len(r.prompt) for r in ok]),
             "answer": length_stats([len(r.answer) for r in ok]),
         },
-        "text": _text_issues(rows, examples),
+        "text": {
+            **_text_issues(rows, examples),
+            "lone_surrogate_records": len(broken),
+            "lone_surrogate_examples": broken[:examples],
+        },
         "histograms": {
             "prompt_chars": histogram([len(r.prompt) for r in ok]),
             "answer_chars": histogram([len(r.answer) for r in ok]),

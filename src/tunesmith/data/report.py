@@ -49,6 +49,11 @@ def inspect_text(rep: dict[str, Any]) -> str:
         f"  records with control characters {t['control_char_records']}   mojibake {t['mojibake_records']}"
         f"   unusual script mixes {t['mixed_script_records']} {t['mixed_script_kinds']}",
     ]
+    if t.get("lone_surrogate_records"):
+        lines.append(
+            f"  records with a lone UTF-16 surrogate (half an emoji) {t['lone_surrogate_records']}  "
+            f"e.g. [record, field] {t['lone_surrogate_examples'][:3]}; `tunesmith data clean` repairs them"
+        )
     return "\n".join(lines)
 
 

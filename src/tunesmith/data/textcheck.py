@@ -3,6 +3,7 @@ mojibake and mixed scripts."""
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections import Counter
 
@@ -38,6 +39,23 @@ def looping_phrase(text: str, n: int = 4, min_count: int = 3) -> str | None:
         if text.count(gram) >= min_count:
             return gram
     return None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogates(text: str) -> int:
+    """How many lone UTF-16 surrogates ``text`` holds (half an emoji, cut by some tool).
+
+    A JSON ``"\\ud83d\\ude00"`` pair decodes to one character; a surrogate left in a Python string
+    is always unpaired, and cannot be written as UTF-8.
+    """
+    return len(_SURROGATE.findall(text))
+
+
+def fix_surrogates(text: str) -> str:
+    """``text`` with every lone surrogate replaced by U+FFFD (the replacement character)."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def control_chars(text: str) -> list[str]:
