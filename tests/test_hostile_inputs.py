@@ -409,3 +409,42 @@ def test_huge_integers_and_deep_nesting_never_end_in_a_traceback(tmp_path, capsy
     assert main(["data", "inspect", str(deep)]) == 0
     assert main(["data", "clean", str(deep), "-o", str(tmp_path / "deep_clean.json")]) == 0
     assert load_records(deep)[0][-1]["content"] == "ok"
+
+
+# 11. messages that pointed the wrong way
+
+
+def test_data_messages_point_the_right_way(tmp_path, capsys):
+    from tunesmith.data import load_records
+    from tunesmith.errors import DatasetError
+
+    gbk = tmp_path / "gbk.json"
+    gbk.write_bytes('[{"instruction": "你是谁？", "output": "臣妾是甄嬛。"}]'.encode("gbk"))  # 55 bytes
+    with pytest.raises(DatasetError, match="looks like GB18030/GBK.*iconv -f GB18030"):
+        load_records(gbk)
+
+    cut = tmp_path / "cut.json"
+    cut.write_bytes('[{"instruction": "你是谁", "output": "臣妾'.encode()[:-1])
+    with pytest.raises(DatasetError, match="ends in the middle of a character.*cut off"):
+        load_records(cut)
+
+    null = tmp_path / "null.json"
+    null.write_text('[{"instruction": "q", "input": "", "output": null}]', encoding="utf-8")
+    with pytest.raises(DatasetError, match="field 'output' is null"):
+        load_records(null)
+
+    data = tmp_path / "data.json"
+    data.write_text(EXAMPLE_DATA.read_text(encoding="utf-8"), encoding="utf-8")
+    before = data.read_bytes()
+    for argv in (
+        ["data", "clean", str(data), "-o", str(data)],
+        ["data", "clean", str(data), "-o", str(tmp_path / "c.json"), "--report", str(data)],
+        ["data", "split", str(tmp_path / "train.json"), "-o", str(tmp_path)],
+        ["data", "convert", str(data), "-o", str(data)],
+    ):
+        if "split" in argv:
+            (tmp_path / "train.json").write_bytes(before)
+        assert main(argv) == 2, argv
+        [line] = error_lines(capsys)
+        assert "is the input file" in line
+    assert data.read_bytes() == before and (tmp_path / "train.json").read_bytes() == before

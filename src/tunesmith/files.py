@@ -16,6 +16,21 @@ from typing import Any
 from .errors import FileError
 
 
+def refuse_input_as_output(inp: str | Path, outputs: list[str | Path]) -> None:
+    """Refuse to write any of ``outputs`` over the input file ``inp`` (a command never eats its input).
+
+    Raises:
+        FileError: naming the output that is the input.
+    """
+    source = Path(inp).resolve()
+    for out in outputs:
+        if Path(out).resolve() == source:
+            raise FileError(
+                f"{out} is the input file {inp}; writing there would replace the data being read. "
+                "Give another output path"
+            )
+
+
 def ensure_dir(path: str | Path) -> Path:
     """Create the directory ``path`` (and its parents) if needed.
 

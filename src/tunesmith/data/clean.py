@@ -272,18 +272,19 @@ def clean_file(
     Returns:
         The cleaning report, with the paths written.
     """
-    from ..files import atomic_write_json
+    from ..files import atomic_write_json, refuse_input_as_output
     from .convert import write_raw
     from .formats import alpaca_from_csv, read_raw
 
     path, out = Path(path), Path(out)
+    default_removed, default_report = side_paths(out)
+    removed_path = Path(removed_path or default_removed)
+    report_path = Path(report_path or default_report)
+    refuse_input_as_output(path, [out, removed_path, report_path])
     raw = read_raw(path)
     if path.suffix.lower() == ".csv":
         raw = alpaca_from_csv(raw, path)
     result = clean_records(raw, recipe)
-    default_removed, default_report = side_paths(out)
-    removed_path = Path(removed_path or default_removed)
-    report_path = Path(report_path or default_report)
     write_raw(result.removed, removed_path)
     report = {**result.report, "input": str(path), "output": str(out), "removed_file": str(removed_path)}
     atomic_write_json(report_path, report)

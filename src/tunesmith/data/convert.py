@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DatasetError
-from ..files import atomic_write_text
+from ..files import atomic_write_text, refuse_input_as_output
 from ..logs import get_logger
 from ..registry import Registry
 from .formats import (
@@ -188,6 +188,7 @@ def convert_file(
     Returns:
         The number of records written. Errors name the record by its index in ``src``.
     """
+    refuse_input_as_output(src, [dst])
     records = [to_format(conv, fmt) for conv in load_records(src, src_format, system_prompt)]
     write_records(records, dst, fmt)
     return len(records)

@@ -159,6 +159,9 @@ _DETECT_BYTES = 256 * 1024  # enough text for charset_normalizer; the whole file
 _CSV_FIELD_LIMIT = 2**31 - 1  # the csv module's own 128 KiB default would reject long answers
 _CSV_SYNONYMS = {"prompt": "instruction", "question": "instruction", "response": "output", "answer": "output"}
 _CHINESE_CODECS = {"gb18030", "gbk", "gb2312"}
+_EAST_ASIAN_CODECS = {"cp949", "euc_kr", "johab", "big5", "big5hkscs", "cp950", "cp932", "shift_jis"}
+_EAST_ASIAN_CODECS |= {"shift_jis_2004", "euc_jp", "euc_jis_2004", "hz", "iso2022_kr", "iso2022_jp"}
+_THIN_EVIDENCE_BYTES = 2048  # below this, an East Asian guess is weak
 
 RawRecord = tuple[int | None, Any]  # (line number or None, parsed record)
 
@@ -182,14 +185,37 @@ def _guess_encoding(raw: bytes, bad_byte: int) -> str | None:
     for cut in range(4):  # the sample may end inside a multi-byte character
         best = from_bytes(sample[: len(sample) - cut] if cut else sample).best()
         if best is not None:
-            return None if best.encoding in ("ascii", "utf_8") else best.encoding
+            if best.encoding in ("ascii", "utf_8"):
+                return None
+            return _prefer_gb18030(raw, best.encoding)
         if len(sample) < _DETECT_BYTES:
             break
     return None
 
 
+def _prefer_gb18030(raw: bytes, codec: str) -> str:
+    """GB18030 over another East Asian guess when a short file decodes as GB18030.
+
+    A few dozen bytes of GBK text fit CP949 or Big5 as well, and charset_normalizer may pick one
+    of those; converting with it gives garbage. Chinese files are the likelier case here, and
+    GB18030 decodes every GBK and GB2312 file, so on thin evidence it is the better advice.
+    """
+    if codec in _CHINESE_CODECS or codec not in _EAST_ASIAN_CODECS or len(raw) > _THIN_EVIDENCE_BYTES:
+        return codec
+    try:
+        raw.decode("gb18030")
+    except UnicodeDecodeError:
+        return codec
+    return "gb18030"
+
+
 def _not_utf8_message(path: Path, raw: bytes, err: UnicodeDecodeError) -> str:
     line = raw.count(b"\n", 0, err.start) + 1
+    if err.reason == "unexpected end of data" and err.end == len(raw):
+        return (
+            f"file ends in the middle of a character (line {line}, byte offset {err.start} of "
+            f"{len(raw)}): it looks cut off while being written or copied; restore the whole file"
+        )
     where = f"invalid byte 0x{raw[err.start]:02x} at line {line}, byte offset {err.start}"
     codec = _guess_encoding(raw, err.start)
     if codec is None:

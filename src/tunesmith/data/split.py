@@ -124,7 +124,7 @@ def split_file(
     value of that field is split in the same proportion.
     """
     from ..errors import DatasetError
-    from ..files import atomic_write_json, ensure_dir
+    from ..files import atomic_write_json, ensure_dir, refuse_input_as_output
     from .convert import write_raw
     from .formats import read_raw
     from .inspect import to_rows
@@ -132,6 +132,9 @@ def split_file(
     path, out_dir = Path(path), Path(out_dir)
     if not 0 < val_fraction < 1:
         raise DatasetError(f"validation fraction must be between 0 and 1, got {val_fraction}", str(path))
+    ext = path.suffix.lower()
+    outputs = [out_dir / f"train{ext}", out_dir / f"val{ext}", out_dir / "split_report.json"]
+    refuse_input_as_output(path, outputs)
     raw = read_raw(path)
     rows = to_rows(raw)
     strata = None
@@ -143,7 +146,6 @@ def split_file(
     prompts, texts = zip(*(_split_keys(r) for r in rows), strict=True) if rows else ((), ())
     groups = leak_groups(list(prompts), list(texts), near_threshold)
     train, val = split_indices(groups, val_fraction, seed, strata)
-    ext = path.suffix.lower()
     ensure_dir(out_dir)
     write_raw([raw[i][1] for i in train], out_dir / f"train{ext}")
     write_raw([raw[i][1] for i in val], out_dir / f"val{ext}")
