@@ -448,3 +448,32 @@ def test_data_messages_point_the_right_way(tmp_path, capsys):
         [line] = error_lines(capsys)
         assert "is the input file" in line
     assert data.read_bytes() == before and (tmp_path / "train.json").read_bytes() == before
+
+
+# 10. server: 400 for undecodable text, 413 for any over-size body, 401 before the body is read
+
+
+def test_server_answers_hostile_requests_with_the_right_status(tiny_run):
+    httpx = pytest.importorskip("httpx")
+    from tunesmith.serving.app import create_app
+    from tunesmith.serving.server import ServerThread, build_backend
+
+    key = "k-123"
+    app = create_app(build_backend({"tiny": tiny_run}, device="cpu"), api_key=key, max_body_bytes=1 << 20)
+    auth = {"Authorization": f"Bearer {key}", "content-type": "application/json"}
+    with ServerThread(app) as srv:
+        url = srv.url + "/v1/chat/completions"
+        surrogate = '{"model": "tiny", "max_tokens": 2, '
+        surrogate += '"messages": [{"role": "user", "content": "a\\ud800"}]}'
+        r = httpx.post(url, content=surrogate, headers=auth, timeout=60)
+        assert r.status_code == 400 and "surrogate" in r.json()["error"]["message"]
+
+        chunked = httpx.post(url, content=iter([b"x" * (1 << 19)] * 6), headers=auth, timeout=60)
+        assert chunked.status_code == 413
+        assert chunked.json()["error"]["code"] == "request_too_large"
+
+        no_key = httpx.post(url, content="{not json", headers={"content-type": "application/json"})
+        assert no_key.status_code == 401 and no_key.json()["error"]["code"] == "invalid_api_key"
+
+        fine = httpx.post(url, content=surrogate.replace("\\ud800", "!"), headers=auth, timeout=60)
+        assert fine.status_code == 200  # and the server keeps serving

@@ -84,17 +84,19 @@ def create_app(
     app = fastapi.FastAPI(title="tunesmith", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.backend = backend
     app.state.metrics = metrics
-    app.add_middleware(_Observe, metrics=metrics)
+    # Outermost last: every request is counted, then authenticated (before its body is read),
+    # then its body is read whole under the size limit, declared or chunked.
     app.add_middleware(_BodyLimit, limit=max_body_bytes)
+    app.add_middleware(_Auth, api_key=api_key)
+    app.add_middleware(_Observe, metrics=metrics)
 
     _install_error_handlers(app)
-    auth = [fastapi.Depends(_authorizer(api_key))]
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "models": list(backend.models), "queue_depth": backend.queue_depth()}
 
-    @app.get("/metrics", dependencies=auth)
+    @app.get("/metrics")
     async def prometheus() -> Any:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
@@ -104,11 +106,11 @@ def create_app(
     def parent(name: str) -> str | None:
         return None if backend.models[name].is_base else base
 
-    @app.get("/v1/models", dependencies=auth)
+    @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": [model_card(n, parent(n), started) for n in backend.models]}
 
-    @app.get("/v1/models/{name}", dependencies=auth)
+    @app.get("/v1/models/{name}")
     async def get_model(name: str) -> dict[str, Any]:
         if name not in backend.models:
             raise model_not_found(name, backend.models)
@@ -119,13 +121,13 @@ def create_app(
             raise model_not_found(name, backend.models)
         return backend.models[name]
 
-    @app.post("/v1/chat/completions", dependencies=auth)
+    @app.post("/v1/chat/completions")
     async def chat(req: ChatCompletionRequest, request: fastapi.Request) -> Any:
         served = pick(req.model)
         gens = _requests(req, served, [served.chat_prompt(req.conversation())], repetition_guard)
         return await respond(request, gens, ResponseFactory("chat", served.name), req.include_usage())
 
-    @app.post("/v1/completions", dependencies=auth)
+    @app.post("/v1/completions")
     async def complete(req: CompletionRequest, request: fastapi.Request) -> Any:
         served = pick(req.model)
         gens = _requests(req, served, [served.text_prompt(p) for p in req.prompts()], repetition_guard)
@@ -169,23 +171,31 @@ def _install_error_handlers(app: Any) -> None:
         return JSONResponse(error_body("internal server error", "server_error"), status_code=500)
 
 
-def _authorizer(api_key: str | None) -> Any:
-    """A FastAPI dependency checking ``Authorization: Bearer <api_key>`` (nothing when no key is set)."""
-    from fastapi import Request
+class _Auth:
+    """Check ``Authorization: Bearer <api_key>`` on the API routes and /metrics (none without a key).
 
-    key_digest = hashlib.sha256(api_key.encode()).digest() if api_key else None
+    An ASGI middleware rather than a FastAPI dependency: FastAPI parses the body before it runs
+    dependencies, so a malformed body from a client without the key got a 400 instead of the 401.
+    """
 
-    def authorize(request: Request) -> None:
-        if key_digest is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    def __init__(self, app: Any, api_key: str | None):
+        self.app = app
+        self.key_digest = hashlib.sha256(api_key.encode()).digest() if api_key else None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        guarded = (path in _KNOWN and path != "/health") or path.startswith("/v1/models/")
+        if scope["type"] != "http" or self.key_digest is None or not guarded:
+            return await self.app(scope, receive, send)
+        header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+        scheme, _, token = header.partition(" ")
         # Compare digests in constant time, so neither content nor length leaks through timing.
         given = hashlib.sha256(token.strip().encode()).digest()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given, key_digest):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given, self.key_digest):
             what = "no API key was given" if not token else "the API key is wrong"
-            raise APIError(401, f"{what}; send 'Authorization: Bearer KEY'", code="invalid_api_key")
-
-    return authorize
+            err = APIError(401, f"{what}; send 'Authorization: Bearer KEY'", code="invalid_api_key")
+            return await _send_json(send, err.status, err.body())
+        await self.app(scope, receive, send)
 
 
 def _requests(
@@ -304,17 +314,28 @@ class _BodyLimit:
         too_large = APIError(413, f"the request body is over {self.limit} bytes", code="request_too_large")
         if declared.isdigit() and int(declared) > self.limit:
             return await _send_json(send, too_large.status, too_large.body())
-        seen = 0
-
-        async def limited() -> Any:
-            nonlocal seen
+        # Read the whole body here, so a chunked one over the limit is a 413 too: raised inside
+        # the app's own body reading, it became FastAPI's 400 "error parsing the body".
+        chunks, seen, more = [], 0, True
+        while more:
             message = await receive()
-            seen += len(message.get("body", b""))
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
             if seen > self.limit:
-                raise too_large
-            return message
+                return await _send_json(send, too_large.status, too_large.body())
+            more = message.get("more_body", False)
+        replayed = False
 
-        await self.app(scope, limited, send)
+        async def replay() -> Any:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # later calls wait for a disconnect, as before
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
 
 
 class _Observe:

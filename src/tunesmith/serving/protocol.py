@@ -7,6 +7,7 @@ request field names a file: adapters are fixed when the server starts.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Any, Literal
@@ -49,6 +50,20 @@ _ERROR_TYPES = {
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _whole_characters(v: Any) -> Any:
+    """Field validator: text holding a lone UTF-16 surrogate (``"\\ud800"`` in JSON) is a 400.
+
+    JSON can spell half of a surrogate pair, but it is no character: no tokenizer can encode it.
+    """
+    texts = [v] if isinstance(v, str) else [t for t in v if isinstance(t, str)] if isinstance(v, list) else []
+    if any(_SURROGATE.search(t) for t in texts):
+        raise ValueError("holds a lone UTF-16 surrogate (half an emoji, e.g. \\ud800); send whole characters")
+    return v
 
 
 def _refuse_if_set(v: Any) -> Any:
@@ -118,7 +133,7 @@ class SamplingFields(_Strict):
         stops = [v] if isinstance(v, str) else (v or [])
         if len(stops) > MAX_STOP or any(not s for s in stops):
             raise ValueError(f"at most {MAX_STOP} non-empty strings")
-        return v
+        return _whole_characters(v)
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -133,11 +148,15 @@ class TextPart(_Strict):
     type: Literal["text"]
     text: str
 
+    _whole = field_validator("text")(_whole_characters)
+
 
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+
+    _whole = field_validator("content")(_whole_characters)
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -194,7 +213,7 @@ class CompletionRequest(SamplingFields):
     def _prompts(cls, v: str | list[str]) -> str | list[str]:
         if isinstance(v, list) and not 1 <= len(v) <= MAX_PROMPTS:
             raise ValueError(f"give 1 to {MAX_PROMPTS} prompts")
-        return v
+        return _whole_characters(v)
 
     _no_echo = field_validator("echo", "suffix")(_refuse_if_set)
 
