@@ -477,3 +477,25 @@ def test_server_answers_hostile_requests_with_the_right_status(tiny_run):
 
         fine = httpx.post(url, content=surrogate.replace("\\ud800", "!"), headers=auth, timeout=60)
         assert fine.status_code == 200  # and the server keeps serving
+
+
+def test_the_web_ui_takes_a_user_name_and_password(tiny_run, tmp_path, capsys):
+    pytest.importorskip("gradio")
+    httpx = pytest.importorskip("httpx")
+    from tunesmith.serving.server import ServerThread, build_backend
+    from tunesmith.webui import create_webui_app, parse_auth
+
+    assert main(["webui", str(tiny_run), "--auth", "no-colon"]) == 2
+    [line] = error_lines(capsys)
+    assert "USER:PASS" in line
+    secret = tmp_path / "auth.txt"
+    secret.write_text("ann:s3cret:with-colon\n", encoding="utf-8")
+    assert parse_auth(None, str(secret)) == ("ann", "s3cret:with-colon")
+
+    app = create_webui_app(build_backend({"tiny": tiny_run}, device="cpu"), auth=("ann", "s3cret"))
+    with ServerThread(app) as srv:
+        anonymous = httpx.get(srv.url + "/")
+        assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"].startswith("Basic")
+        assert httpx.get(srv.url + "/", auth=("ann", "wrong")).status_code == 401
+        assert httpx.get(srv.url + "/config", auth=("bob", "s3cret")).status_code == 401
+        assert httpx.get(srv.url + "/", auth=("ann", "s3cret")).status_code == 200

@@ -55,12 +55,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_webui(args: argparse.Namespace) -> int:
-    from .webui import run_webui
+    import os
 
+    from .webui import parse_auth, run_webui
+
+    auth = parse_auth(args.auth or os.environ.get("TUNESMITH_WEBUI_AUTH"), args.auth_file)
     _set_threads(args.threads)
     runs = _runs(args)
-    print(f"web UI for {', '.join(runs)} on http://{args.host}:{args.port}/", flush=True)
-    run_webui(runs, args.host, args.port, args.device, max_batch=args.max_batch, dtype=args.dtype)
+    print(
+        f"web UI for {', '.join(runs)} on http://{args.host}:{args.port}/"
+        + (" — user name and password required" if auth else ""),
+        flush=True,
+    )
+    run_webui(runs, args.host, args.port, args.device, auth, max_batch=args.max_batch, dtype=args.dtype)
     return 0
 
 
@@ -127,4 +134,11 @@ def add_serve_parsers(sub: Any) -> None:
         ),
     )
     _common(p, 7860)
+    p.add_argument(
+        "--auth",
+        metavar="USER:PASS",
+        help="require this user name and password (HTTP Basic; default: $TUNESMITH_WEBUI_AUTH; prefer "
+        "the variable or --auth-file, as command lines are visible to other users)",
+    )
+    p.add_argument("--auth-file", metavar="PATH", help="read USER:PASS from the first line of this file")
     p.set_defaults(func=cmd_webui)

@@ -61,6 +61,10 @@ class RunDirError(TunesmithError, ValueError):
     """A run directory is missing, unfinished or inconsistent."""
 
 
+class UsageError(TunesmithError, ValueError):
+    """A command-line option has a value that cannot be used; the message names the option."""
+
+
 class FileError(TunesmithError, OSError):
     """A file or directory could not be read or written (read-only, disk full, not a directory).
 

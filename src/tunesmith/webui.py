@@ -8,12 +8,15 @@ mixed-adapter batch). It binds 127.0.0.1 unless told otherwise.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from .errors import DependencyError
+from .errors import DependencyError, UsageError
 from .logs import get_logger
 from .serving.backends import Backend, GenRequest, merge_events, queue_all, sampling_for
 from .serving.protocol import APIError
@@ -168,8 +171,68 @@ def _header(title: str, first: Any) -> str:
     return f"## {title}\nbase model `{source}` · run `{first.run_dir.name}` · system prompt: {system}"
 
 
-def create_webui_app(backend: Backend, title: str = "tunesmith") -> Any:
-    """An ASGI app serving the page at ``/`` (and starting/stopping ``backend`` with it)."""
+class BasicAuth:
+    """HTTP Basic authentication in front of every route of the page (its API and queue too).
+
+    An ASGI middleware, so it holds for whatever Gradio serves; the browser asks once and sends
+    the credentials with every later request. Both parts are compared in constant time.
+    """
+
+    def __init__(self, app: Any, user: str, password: str):
+        self.app = app
+        self.expected = hashlib.sha256(f"{user}:{password}".encode()).digest()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket") or self._allowed(scope):
+            return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            return await send({"type": "websocket.close", "code": 1008})
+        body = b"authentication required"
+        headers = [
+            (b"www-authenticate", b'Basic realm="tunesmith", charset="UTF-8"'),
+            (b"content-type", b"text/plain"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 401, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def _allowed(self, scope: Any) -> bool:
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        try:
+            given = base64.b64decode(token.strip(), validate=True)
+        except ValueError:
+            given = b""
+        ok = hmac.compare_digest(hashlib.sha256(given).digest(), self.expected)
+        return scheme.lower() == b"basic" and ok
+
+
+def parse_auth(spec: str | None, path: str | None = None) -> tuple[str, str] | None:
+    """``USER:PASS`` from ``spec``, or from the first line of the file ``path``; None if neither.
+
+    Raises:
+        UsageError: not of the form USER:PASS, or the file cannot be read.
+    """
+    where = "--auth"
+    if path:
+        where = f"--auth-file {path}"
+        try:
+            spec = Path(path).read_text(encoding="utf-8").splitlines()[0] if Path(path).stat().st_size else ""
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"{where}: cannot read the password file ({e})") from None
+    if spec is None:
+        return None
+    user, sep, password = spec.strip().partition(":")
+    if not sep or not user or not password:
+        raise UsageError(f"{where}: give USER:PASS (a user name, a colon, a password)")
+    return user, password
+
+
+def create_webui_app(backend: Backend, title: str = "tunesmith", auth: tuple[str, str] | None = None) -> Any:
+    """An ASGI app serving the page at ``/`` (and starting/stopping ``backend`` with it).
+
+    ``auth``: (user, password) required through HTTP Basic authentication on every route.
+    """
     import contextlib
 
     from .serving.app import _fastapi
@@ -184,6 +247,8 @@ def create_webui_app(backend: Backend, title: str = "tunesmith") -> Any:
         backend.close()
 
     app = fastapi.FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    if auth is not None:
+        app.add_middleware(BasicAuth, user=auth[0], password=auth[1])
     theme = gr.themes.Soft(font=_FONTS, font_mono=_MONO)
     return gr.mount_gradio_app(app, build_webui(backend, title), path="/", theme=theme, ssr_mode=False)
 
@@ -193,13 +258,16 @@ def run_webui(
     host: str = "127.0.0.1",
     port: int = 7860,
     device: str = "auto",
+    auth: tuple[str, str] | None = None,
     **options: Any,
 ) -> None:
-    """Load ``runs`` (name → run dir) and serve the page until interrupted."""
+    """Load ``runs`` (name → run dir) and serve the page until interrupted (``auth``: see above)."""
     from .serving.server import build_backend, run_server
 
     backend = build_backend(runs, "transformers", device=device, **options)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("the web UI listens on %s: anyone who can reach it can use the model", host)
+    if host not in ("127.0.0.1", "localhost", "::1") and auth is None:
+        log.warning(
+            "the web UI listens on %s without --auth: anyone who can reach it can use the model", host
+        )
     title = f"tunesmith · {next(iter(runs))}"
-    run_server(create_webui_app(backend, title), host, port)
+    run_server(create_webui_app(backend, title, auth), host, port)
