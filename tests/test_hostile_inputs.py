@@ -499,3 +499,17 @@ def test_the_web_ui_takes_a_user_name_and_password(tiny_run, tmp_path, capsys):
         assert httpx.get(srv.url + "/", auth=("ann", "wrong")).status_code == 401
         assert httpx.get(srv.url + "/config", auth=("bob", "s3cret")).status_code == 401
         assert httpx.get(srv.url + "/", auth=("ann", "s3cret")).status_code == 200
+
+
+def test_a_search_never_replaces_a_directory_that_is_not_a_search(tmp_path, tiny_qwen):
+    pytest.importorskip("optuna")
+    from tunesmith.tune import run_tune
+
+    study = tmp_path / "project"
+    study.mkdir()
+    (study / "results.json").write_text("{}", encoding="utf-8")
+    (study / "notes.md").write_text("mine", encoding="utf-8")
+    before = snapshot(study)
+    with pytest.raises(RunDirError, match="not a tunesmith search.*notes.md"):
+        run_tune(cfg_for(tiny_qwen, study, "train.overwrite=true", "data.val_fraction=0.2"), trials=1)
+    assert snapshot(study) == before

@@ -122,7 +122,7 @@ def _looks_like_run(path: Path, entries: set[str]) -> bool:
     return "config.yaml" in entries and bool(entries & {"metrics.jsonl", "data_report.json"})
 
 
-def _protected(run_dir: Path, inputs: list[str | Path]) -> str | None:
+def protected_reason(run_dir: Path, inputs: list[str | Path]) -> str | None:
     """Why ``run_dir`` must never be replaced, or None."""
     here = run_dir.resolve()
     cwd = Path.cwd().resolve()
@@ -238,7 +238,7 @@ def prepare_run_dir(cfg: Config, inputs: list[str | Path] = ()) -> RunDir:
                 f"{_listed(foreign or sorted(entries))}); tunesmith writes a run into a new or empty "
                 "directory and replaces only its own runs. Choose another train.output_dir"
             )
-        reason = _protected(run_dir, inputs)
+        reason = protected_reason(run_dir, inputs)
         if reason:
             raise RunDirError(
                 f"train.output_dir {run_dir} is {reason}; tunesmith never replaces it. "

@@ -19,8 +19,9 @@ from typing import Any
 
 from .config import Config, config_from_dict, dump_config
 from .errors import ConfigError, DependencyError, RunDirError
-from .files import atomic_write_json, atomic_write_text
+from .files import atomic_write_json, atomic_write_text, ensure_dir
 from .logs import get_logger
+from .rundir import protected_reason
 
 log = get_logger(__name__)
 
@@ -183,16 +184,42 @@ def _fmt(v: Any) -> str:
     return "" if v is None else str(v)
 
 
+def _study_entry(name: str) -> bool:
+    """What a search writes into its study directory."""
+    temp = name.startswith(".") and name.endswith(".tmp")  # an atomic write cut short
+    return name in ("results.json", "results.md", "best.yaml") or name.startswith("trial-") or temp
+
+
 def _prepare_study_dir(cfg: Config) -> Path:
+    """The study directory, empty; an earlier search there is replaced only with train.overwrite.
+
+    Like a run dir, a directory holding anything a search does not write is never touched.
+    """
     study = Path(cfg.train.output_dir)
-    if (study / "results.json").is_file() or any(study.glob("trial-*")):
+    if study.exists() and not study.is_dir():
+        raise RunDirError(f"train.output_dir {study} is a file, not a directory; choose another one")
+    entries = sorted(study.iterdir()) if study.is_dir() else []
+    foreign = [p.name for p in entries if not _study_entry(p.name)]
+    if foreign:
+        raise RunDirError(
+            f"train.output_dir {study} is not empty and is not a tunesmith search (it holds "
+            f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}); choose another train.output_dir"
+        )
+    if entries:
         if not cfg.train.overwrite:
             raise RunDirError(
                 f"{study} holds an earlier search; choose another train.output_dir "
                 "or set train.overwrite=true"
             )
-        shutil.rmtree(study)
-    study.mkdir(parents=True, exist_ok=True)
+        reason = protected_reason(study, [cfg.data.path, cfg.model.source])
+        if reason:
+            raise RunDirError(f"train.output_dir {study} is {reason}; tunesmith never replaces it")
+        for p in entries:
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+    ensure_dir(study)
     return study
 
 
