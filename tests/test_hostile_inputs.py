@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from conftest import EXAMPLE_DATA
+from threads import one_torch_thread  # noqa: F401  (tiny models train faster on one thread)
 from tunesmith.cli import main
 from tunesmith.config import load_config
 from tunesmith.errors import ModelSourceError, RunDirError
