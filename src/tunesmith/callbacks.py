@@ -9,6 +9,8 @@ the run's saved weights are the best ones, not the last.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +47,15 @@ def best_model_metrics(trainer: Any, run_dir: Path) -> dict[str, Any]:
         "best_step": state.best_global_step,
         "stopped_early": state.global_step < state.max_steps,
     }
+
+
+@contextmanager
+def closing_tensorboard(callback: Any) -> Iterator[None]:
+    """Close the TensorBoard writer when training fails, before a rollback removes its folder."""
+    try:
+        yield
+    except BaseException:
+        if getattr(callback, "tb_writer", None) is not None:
+            callback.tb_writer.close()
+            callback.tb_writer = None
+        raise

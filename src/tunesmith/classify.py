@@ -32,9 +32,9 @@ from .files import atomic_write_json, storage_errors
 from .logs import get_logger
 from .methods import LORA_METHODS, apply_method, count_parameters, weights_dir
 from .modeling import load_tokenizer, pick_device, pick_dtype, resolve_source
-from .optim import lr_factor_fn, optimizer_spec
+from .optim import clamp_warmup, lr_factor_fn, optimizer_spec
 from .runcard import RunCard, base_model_record, read_run_card, write_run_card
-from .rundir import RunDir, prepare_run_dir, started_callback
+from .rundir import RunDir, check_data_unchanged, prepare_run_dir, started_callback
 
 log = get_logger(__name__)
 
@@ -229,21 +229,18 @@ def _classify_in(
     from transformers import DataCollatorWithPadding, Trainer, set_seed
     from transformers.integrations import TensorBoardCallback
 
-    from .callbacks import best_model_metrics, early_stopping_callbacks
+    from .callbacks import best_model_metrics, closing_tensorboard, early_stopping_callbacks
     from .checkpoints import checkpoint_step, last_complete_checkpoint, trim_metrics
     from .train import (  # the chat path's run-dir handling, shared
-        _check_resume,
         _first_eval_loss,
         _metrics_callback,
         _save_atomically,
         _training_args,
-        clamp_warmup,
-        closing_tensorboard,
     )
 
     run_dir = run.path
     if run.resuming:
-        _check_resume(run_dir, fingerprint)
+        check_data_unchanged(run_dir, fingerprint)
     if is_main() and not run.resuming:  # a resumed run's config.yaml is rewritten once it has finished
         dump_config(cfg, run_dir / "config.yaml")
     train_idx, val_idx = split_labelled(data, cfg.data.val_fraction, cfg.data.seed)

@@ -108,3 +108,25 @@ def optimizer_spec(
     log.info("learning-rate factors (parameter tensors per factor): %s", summary)
     cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
     return cls, {**kwargs, "params": list(groups.values())}
+
+
+def clamp_warmup(trainer: Any) -> Any:
+    """Make ``trainer`` leave at least one decay step after warmup; return it.
+
+    transformers' polynomial schedule divides by the steps after warmup, so a run whose warmup
+    takes every step (``train.max_steps=1``, or a handful of records) failed with a
+    ZeroDivisionError after its only step.
+    """
+    create, args = trainer.create_scheduler, trainer.args
+
+    def create_scheduler(num_training_steps: int, optimizer: Any = None) -> Any:
+        if args.get_warmup_steps(num_training_steps) < num_training_steps:
+            return create(num_training_steps, optimizer)
+        saved, args.warmup_steps = args.warmup_steps, max(num_training_steps - 1, 0)
+        try:
+            return create(num_training_steps, optimizer)
+        finally:
+            args.warmup_steps = saved
+
+    trainer.create_scheduler = create_scheduler
+    return trainer

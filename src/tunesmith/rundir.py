@@ -9,6 +9,7 @@ aside, next to it; it is deleted only once the new run has taken its first optim
 
 from __future__ import annotations
 
+import json
 import os
 import reprlib
 import shutil
@@ -275,6 +276,18 @@ def _make(run_dir: Path, aside: Path | None) -> Path:
             os.replace(aside, run_dir)
         raise RunDirError(f"cannot create train.output_dir {run_dir}: {os_error_message(e)}") from None
     return run_dir
+
+
+def check_data_unchanged(run_dir: Path, fingerprint: str) -> None:
+    """Refuse to resume a run whose data fingerprint (in its data_report.json) has changed."""
+    report = run_dir / "data_report.json"
+    if report.is_file():
+        old = json.loads(report.read_text(encoding="utf-8")).get("fingerprint")
+        if old and old != fingerprint:
+            raise RunDirError(
+                f"{run_dir}: the data changed since the checkpoints were written "
+                f"(fingerprint {old} → {fingerprint}); resume with the same data or start over"
+            )
 
 
 def started_callback(run: RunDir) -> Any:

@@ -7,12 +7,11 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .callbacks import best_model_metrics, early_stopping_callbacks
+from .callbacks import best_model_metrics, closing_tensorboard, early_stopping_callbacks
 from .checkpoints import checkpoint_step, last_complete_checkpoint, trim_metrics
 from .config import Config, dump_config
 from .data import load_records, split_records, take
@@ -36,10 +35,10 @@ from .levers import (
 from .logs import get_logger
 from .methods import apply_method, check_method, count_parameters, load_for_training, weights_dir
 from .modeling import load_model, load_tokenizer, pick_device, pick_dtype, resolve_source
-from .optim import lr_factor_fn, optimizer_spec
+from .optim import clamp_warmup, lr_factor_fn, optimizer_spec
 from .replay import load_replay, mix_replay
 from .runcard import RunCard, base_model_record, write_run_card
-from .rundir import RunDir, prepare_run_dir, started_callback
+from .rundir import RunDir, check_data_unchanged, prepare_run_dir, started_callback
 from .templates import ChatFormat, Example, encode_all, resolve_template
 
 log = get_logger(__name__)
@@ -174,51 +173,6 @@ def _training_args(cfg: Config, run_dir: Path, device: str, dtype: str, has_val:
     return TrainingArguments(**kwargs)
 
 
-@contextmanager
-def closing_tensorboard(callback: Any) -> Iterator[None]:
-    """Close the TensorBoard writer when training fails, before a rollback removes its folder."""
-    try:
-        yield
-    except BaseException:
-        if getattr(callback, "tb_writer", None) is not None:
-            callback.tb_writer.close()
-            callback.tb_writer = None
-        raise
-
-
-def clamp_warmup(trainer: Any) -> Any:
-    """Make ``trainer`` leave at least one decay step after warmup; return it.
-
-    transformers' polynomial schedule divides by the steps after warmup, so a run whose warmup
-    takes every step (``train.max_steps=1``, or a handful of records) failed with a
-    ZeroDivisionError after its only step.
-    """
-    create, args = trainer.create_scheduler, trainer.args
-
-    def create_scheduler(num_training_steps: int, optimizer: Any = None) -> Any:
-        if args.get_warmup_steps(num_training_steps) < num_training_steps:
-            return create(num_training_steps, optimizer)
-        saved, args.warmup_steps = args.warmup_steps, max(num_training_steps - 1, 0)
-        try:
-            return create(num_training_steps, optimizer)
-        finally:
-            args.warmup_steps = saved
-
-    trainer.create_scheduler = create_scheduler
-    return trainer
-
-
-def _check_resume(run_dir: Path, fingerprint: str) -> None:
-    report = run_dir / "data_report.json"
-    if report.is_file():
-        old = json.loads(report.read_text(encoding="utf-8")).get("fingerprint")
-        if old and old != fingerprint:
-            raise RunDirError(
-                f"{run_dir}: the data changed since the checkpoints were written "
-                f"(fingerprint {old} → {fingerprint}); resume with the same data or start over"
-            )
-
-
 def _first_eval_loss(path: Path) -> float | None:
     """The step-0 evaluation of a run being resumed, from its metrics stream."""
     if path.is_file():
@@ -305,7 +259,7 @@ def _train_in(
 
     run_dir = run.path
     if run.resuming:
-        _check_resume(run_dir, fingerprint)
+        check_data_unchanged(run_dir, fingerprint)
     if is_main():
         if not run.resuming:  # a resumed run's config.yaml is rewritten only once it has finished
             dump_config(cfg, run_dir / "config.yaml")
