@@ -94,7 +94,10 @@ class RunDir:
     def started(self) -> None:
         """The new run has taken a step: the old run it replaces is deleted now."""
         if self.replaced is not None:
-            shutil.rmtree(self.replaced, ignore_errors=True)
+            if self.replaced.is_symlink():  # output_dir was a link: drop the link, not its target
+                self.replaced.unlink()
+            else:
+                shutil.rmtree(self.replaced, ignore_errors=True)
             log.info("removed the replaced run (moved aside to %s)", self.replaced)
             self.replaced = None
         self.created = False
