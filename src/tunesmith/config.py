@@ -120,7 +120,7 @@ class TrainConfig:
     )
     fast_dropout: bool = _f(True, "draw LoRA dropout masks from rand >= p (same distribution, faster)")
     resume: bool = _f(False, "continue from the latest checkpoint in output_dir")
-    overwrite: bool = _f(False, "replace a finished run in output_dir")
+    overwrite: bool = _f(False, "replace the tunesmith run in output_dir (never anything else)")
     trainer_args: dict[str, Any] = _f({}, "extra transformers.TrainingArguments (escape hatch)")
     lr_multipliers: dict[str, float] = _f(
         {}, "learning-rate factor by parameter-name regex, first match wins (e.g. {embed_tokens: 0.1})"
