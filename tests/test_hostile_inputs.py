@@ -514,3 +514,14 @@ def test_a_search_never_replaces_a_directory_that_is_not_a_search(tmp_path, tiny
     with pytest.raises(RunDirError, match="not a tunesmith search.*notes.md"):
         run_tune(cfg_for(tiny_qwen, study, "train.overwrite=true", "data.val_fraction=0.2"), trials=1)
     assert snapshot(study) == before
+
+
+def test_a_cleaning_recipe_with_an_alias_bomb_is_refused(tmp_path):
+    from tunesmith.data.clean import load_recipe
+    from tunesmith.errors import ConfigError
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"min_answer_chars: {alias_bomb(levels=5)}\n", encoding="utf-8")  # 59,049 values
+    with pytest.raises(ConfigError, match="alias") as err:
+        load_recipe(recipe)
+    assert len(str(err.value)) < 1000

@@ -232,8 +232,11 @@ def _count_values(data: Any, where: str | None) -> None:
             stack.extend(value)
 
 
-def _load_yaml(text: str, where: str | None) -> Any:
-    """``yaml.safe_load`` under size and shape limits; every failure is one ConfigError."""
+def load_yaml(text: str, where: str | None) -> Any:
+    """``yaml.safe_load`` under the alias-expansion and nesting limits; every failure is one ConfigError.
+
+    For every YAML file tunesmith reads as configuration (configs, overrides, cleaning recipes).
+    """
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -468,7 +471,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             problems.append(f"override {short_repr(item)} must look like section.key=value")
             continue
         try:
-            value = _load_yaml(text, None) if text.strip() else ""
+            value = load_yaml(text, None) if text.strip() else ""
         except ConfigError as e:
             problems.append(f"override {short_repr(item)}: {e.problems[0]}")
             continue
@@ -509,7 +512,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8",
                 source,
             ) from None
-        raw = _load_yaml(text, source)
+        raw = load_yaml(text, source)
         raw = {} if raw is None else raw
         if not isinstance(raw, dict):  # checked before the overrides are merged in
             raise ConfigError(_TOP_LEVEL + type(raw).__name__, source)

@@ -16,9 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from ..config import _f, fill_section
+from ..config import _f, fill_section, load_yaml
 from ..errors import ConfigError, DatasetError
 from ..files import sha256_text
 from . import textcheck
@@ -66,11 +64,12 @@ def load_recipe(spec: str | Path | dict[str, Any] | None) -> CleanRecipe:
     else:
         source = str(spec)
         try:
-            raw = yaml.safe_load(Path(spec).read_text(encoding="utf-8")) or {}
+            text = Path(spec).read_text(encoding="utf-8")
         except OSError as e:
             raise ConfigError(f"cannot read cleaning recipe: {e.strerror}", source) from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"not valid YAML: {e}", source) from None
+        except UnicodeDecodeError:
+            raise ConfigError("not UTF-8 text; save it as UTF-8", source) from None
+        raw = load_yaml(text, source) or {}
     if not isinstance(raw, dict):
         raise ConfigError("a cleaning recipe is a mapping of keys", source)
     recipe, problems = CleanRecipe(), []
