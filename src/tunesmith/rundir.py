@@ -19,10 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .checkpoints import last_complete_checkpoint
-from .config import Config, config_from_dict
+from .config import Config, config_from_dict, load_yaml
 from .errors import ConfigError, RunDirError
 from .files import os_error_message
 from .logs import get_logger
@@ -171,8 +169,8 @@ def _short(value: Any) -> str:
 def recorded_config(path: Path) -> dict[str, Any] | None:
     """A run's ``config.yaml`` as section.key -> value (defaults filled in), or None if unreadable."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError):
+        raw = load_yaml(path.read_text(encoding="utf-8"), str(path))  # ConfigError is a ValueError
+    except (OSError, ValueError):
         return None
     if not isinstance(raw, dict):
         return None
