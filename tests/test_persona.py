@@ -6,6 +6,7 @@ import pytest
 
 from conftest import EXAMPLE_DATA, write_json
 from threads import one_thread
+from tunesmith.cli_eval import summary
 from tunesmith.errors import DatasetError
 from tunesmith.evaluation import EvalOptions, answer_perplexity, run_eval
 from tunesmith.evaluation.persona import (
@@ -145,6 +146,8 @@ def test_eval_persona_questions_alone(tiny_run, tmp_path):
     md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
     assert "## Persona" in md and "in-character judge" in md
     assert "persona_good_rate" in res.headline()
+    text = summary(res.metrics, examples=2)
+    assert "in character (judge)" in text and text.count("\nQ: ") == 2 and "tuned: " in text
 
 
 def test_general_perplexity_is_measured_without_the_system_prompt(tiny_run, tmp_path):

@@ -127,10 +127,10 @@ def _learned(fmt, conv):
     return ex, [i for i in ex.labels if i != IGNORE_INDEX]
 
 
-def test_base_model_with_gemma_markers_gets_gemma_turns():
+def test_gemma_turns_by_name():
     tok = base_tokenizer(["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"], "<eos>", "<bos>")
-    assert tok.chat_template is None and default_template_name(tok) == "gemma"
-    fmt = ChatFormat(tok, resolve_template(tok, None))
+    assert tok.chat_template is None and default_template_name(tok) == "plain"  # measured: see templates.py
+    fmt = ChatFormat(tok, resolve_template(tok, "gemma"))
     assert fmt.eot_token == "<end_of_turn>"
     text = fmt.render(CONV)
     # BOS first; Gemma has no system role, so the system prompt opens the first user turn.
@@ -155,14 +155,14 @@ def test_base_model_without_markers_ends_answers_with_its_eos():
     assert tok.decode(learned) == "我是甄嬛。</s>是。</s>"
 
 
-def test_base_model_with_chatml_tokens_gets_chatml():
+def test_base_model_default_is_plain_even_with_turn_markers_in_the_vocabulary():
     tok = make_tokenizer(pad_is_eos=False)
     tok.chat_template = None
-    assert default_template_name(tok) == "chatml"
-    assert resolve_template(tok, None) == BUILTIN_TEMPLATES["chatml"]
+    assert resolve_template(tok, None) == BUILTIN_TEMPLATES["plain"]
+    assert ChatFormat(tok, resolve_template(tok, None)).eot_token == tok.eos_token
 
 
 def test_base_model_that_could_never_stop_is_refused():
     tok = base_tokenizer(["<pad>"], None)
-    with pytest.raises(TemplateError, match="no chat template, no known turn markers and no end-of-sequence"):
+    with pytest.raises(TemplateError, match="no chat template and no end-of-sequence token"):
         resolve_template(tok, None)

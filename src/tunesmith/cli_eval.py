@@ -49,12 +49,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.metrics, ensure_ascii=False, indent=2))
     else:
-        print(summary(result.metrics))
+        print(summary(result.metrics, args.samples))
         print(f"report: {result.out_dir / 'report.html'} (and report.md, metrics.json)")
     return 0
 
 
-def summary(metrics: dict[str, Any]) -> str:
+def summary(metrics: dict[str, Any], examples: int = 0) -> str:
     """A few lines of base vs fine-tuned numbers for the terminal."""
     from .evaluation.report import ROWS
 
@@ -68,12 +68,12 @@ def summary(metrics: dict[str, Any]) -> str:
             )
     lines += [f"skipped {k}: {why}" for k, why in metrics.get("skipped", {}).items()]
     if metrics.get("persona"):
-        lines += ["", persona_summary(metrics["persona"])]
+        lines += ["", persona_summary(metrics["persona"], examples)]
     return "\n".join(lines)
 
 
-def persona_summary(persona: dict[str, Any]) -> str:
-    """The persona rates, base vs fine-tuned, with the judge's calibration."""
+def persona_summary(persona: dict[str, Any], examples: int = 0) -> str:
+    """The persona rates, base vs fine-tuned, with the judge's calibration and a few answers."""
     from .evaluation.report import PERSONA_ROWS
 
     models = persona["models"]
@@ -87,9 +87,21 @@ def persona_summary(persona: dict[str, Any]) -> str:
     cal = persona["calibration"]["in_character"]
     lines.append(
         f"in-character judge calibration: {cal['persona_heldout']:.2f} of held-out persona lines, "
-        f"{cal['generic_heldout']:.2f} of held-out generic assistant lines"
+        f"{cal['generic_heldout']:.2f} of held-out lines in other voices judged in character"
     )
+    for e in persona["examples"][:examples]:
+        mark = "good" if e["fine_tuned_verdict"]["good"] else "not good"
+        lines += [
+            f"\nQ: {e['question']}",
+            f"  base:  {_one_line(e['base'])}",
+            f"  tuned: {_one_line(e['fine_tuned'])}  [{mark}]",
+        ]
     return "\n".join(lines)
+
+
+def _one_line(text: str, width: int = 160) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 def add_eval_parser(sub: Any) -> None:

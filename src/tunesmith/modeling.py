@@ -86,7 +86,7 @@ PACKAGED.register(
         note=(
             "Gemma 3 270M is a base (pretrained, not instruction-tuned) model provided under and "
             "subject to the Gemma Terms of Use, https://ai.google.dev/gemma/terms; using it means "
-            "accepting them. Its GGUF has no chat template: tunesmith uses Gemma's own turn markers."
+            "accepting them. Its GGUF has no chat template: tunesmith's plain template is used."
         ),
     ),
 )

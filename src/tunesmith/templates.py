@@ -19,8 +19,8 @@ log = get_logger(__name__)
 
 IGNORE_INDEX = -100
 
-# Templates for models whose tokenizer has none (base models). Each is chosen by name with
-# model.chat_template, or picked by default_template_name() from the tokenizer's vocabulary.
+# Templates for models whose tokenizer has none (base models): ``plain`` by default (see
+# default_template_name), the others by name with model.chat_template.
 _BOS = "{% if bos_token %}{{ bos_token }}{% endif %}"
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
@@ -46,21 +46,22 @@ PLAIN = (
     "{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}"
 )
 BUILTIN_TEMPLATES = {"chatml": CHATML, "gemma": GEMMA, "plain": PLAIN}
-# The special tokens that show a vocabulary was built for a template's turn markers.
-_MARKERS = {"gemma": ("<start_of_turn>", "<end_of_turn>"), "chatml": ("<|im_start|>", "<|im_end|>")}
 
 
 def default_template_name(tokenizer: Any) -> str:
-    """The builtin template for a tokenizer without one: its family's turn markers, else plain."""
-    vocab = tokenizer.get_vocab()
-    for name, tokens in _MARKERS.items():
-        if all(t in vocab for t in tokens):
-            return name
+    """The builtin template for a tokenizer without one: ``plain``, ending answers with its EOS.
+
+    Measured (bench/persona_quality.py, Gemma 3 270M base, 150 LoRA steps on Zhen Huan records):
+    with Gemma's own turn markers the tuned model stopped on 8 % of held-out questions, emitting
+    rare tokens near the never-trained ``<end_of_turn>`` instead; with ``plain`` it stopped on
+    100 %. LoRA leaves the (tied) embedding rows frozen, so an end token the pretrained model
+    never learned to emit stays out of reach, while its own end-of-sequence token is not.
+    """
     if not tokenizer.eos_token:
         raise TemplateError(
-            "this tokenizer has no chat template, no known turn markers and no end-of-sequence "
-            "token, so an answer could never end. Set model.chat_template to a .jinja file or Jinja "
-            "text whose end-of-turn marker is a token of the model's vocabulary."
+            "this tokenizer has no chat template and no end-of-sequence token, so an answer could "
+            "never end. Set model.chat_template to a .jinja file or Jinja text whose end-of-turn "
+            "marker is a token of the model's vocabulary."
         )
     return "plain"
 
