@@ -37,6 +37,7 @@ def train_run(tmp: Path, steps: int) -> Path:
     cfg = load_config(
         REPO / "examples" / "quickstart.yaml",
         [
+            "model.source=smollm2-135m-instruct",  # the export paths cover llama/qwen2 shapes
             f"train.output_dir={tmp / 'run'}",
             f"train.max_steps={steps}",
             f"train.save_steps={steps}",

