@@ -103,7 +103,7 @@ def test_question_file_errors_name_file_and_line(tmp_path):
     with pytest.raises(DatasetError, match="'kind' must be one of persona, general"):
         load_questions(p)
     p.write_text('{"question": "你好"\n', encoding="utf-8")
-    with pytest.raises(DatasetError, match="line 1: not valid JSON"):
+    with pytest.raises(DatasetError, match="q.jsonl: line 1: invalid JSON"):
         load_questions(p)
     with pytest.raises(DatasetError, match="not found"):
         load_questions(tmp_path / "missing.jsonl")

@@ -28,9 +28,10 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from ..data.formats import read_raw
 from ..data.textcheck import looping_phrase
 from ..errors import DatasetError
-from ..metrics import chars, distinct_n, rouge_l
+from ..metrics import chars, distinct_n, rouge
 
 KINDS = ("persona", "general")
 FALSE_PASS = 0.03  # share of other-voice lines the judge's threshold lets pass in cross-validation
@@ -79,9 +80,9 @@ class Question:
     reference: str | None = None
 
 
-def _question(rec: Any, path: Path, index: int, line: int) -> Question:
+def _question(rec: Any, path: Path, index: int, line: int | None) -> Question:
     def bad(msg: str) -> DatasetError:
-        return DatasetError(f"line {line}: {msg}", str(path), index)
+        return DatasetError(f"line {line}: {msg}" if line else msg, str(path), index)
 
     if not isinstance(rec, dict):
         raise bad(f"expected an object with a 'question' field, found {type(rec).__name__}")
@@ -107,29 +108,11 @@ def load_questions(path: str | Path) -> list[Question]:
     (keywords) and ``reference``.
 
     Raises:
-        DatasetError: the file is missing, not JSON, empty, or a record is malformed (file, line).
+        DatasetError: the file is missing, malformed or empty, or a record is malformed (file,
+            record and line).
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DatasetError("question file not found", str(path)) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"cannot read the question file: {e}", str(path)) from None
-    if text.lstrip().startswith("["):
-        try:
-            records = [(i + 1, r) for i, r in enumerate(json.loads(text))]
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"not valid JSON: {e}", str(path)) from None
-    else:
-        records = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append((lineno, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise DatasetError(f"line {lineno}: not valid JSON: {e}", str(path)) from None
-    questions = [_question(rec, path, i, line) for i, (line, rec) in enumerate(records)]
+    questions = [_question(rec, path, i, line) for i, (line, rec) in enumerate(read_raw(path))]
     if not questions:
         raise DatasetError("the question file holds no questions", str(path))
     return questions
@@ -336,9 +319,7 @@ def persona_rates(
             "leak_rate": _rate([v["leak"] for v in vs]),
             "distinct2": distinct_n(texts, 2),
             "mean_chars": sum(len(t) for t in texts) / len(texts),
-            "rougeL_char": 100 * sum(rouge_l(chars(a), chars(r)) for a, r in refs) / len(refs)
-            if refs
-            else None,
+            "rougeL_char": rouge(*zip(*refs, strict=True), chars)["rougeL"] if refs else None,
         }
         if kind == "persona":
             rates["in_character_rate"] = _rate([v["in_character"] for v in vs])
