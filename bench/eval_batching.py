@@ -23,8 +23,8 @@ import torch
 
 from tunesmith.config import load_config
 from tunesmith.evaluation import generate_all, load_eval_items
-from tunesmith.inference import load_chatbot
-from tunesmith.train import run_train
+from tunesmith.runtime.chatbot import load_chatbot
+from tunesmith.training import run_train
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "examples" / "data" / "zhenhuan_roleplay.json"

@@ -25,9 +25,10 @@ from tunesmith.config import load_config
 from tunesmith.export import CHECK_PROMPTS, ExportOptions, run_export
 from tunesmith.export.checks import TorchRunner
 from tunesmith.export.measure import compare_int8, eval_examples, torch_size
-from tunesmith.inference import load_chatbot, quantize_int8
 from tunesmith.logs import setup_cli_logging
-from tunesmith.train import run_train
+from tunesmith.modeling import quantize_int8
+from tunesmith.runtime.chatbot import load_chatbot
+from tunesmith.training import run_train
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "examples" / "data" / "zhenhuan_roleplay.json"

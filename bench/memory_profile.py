@@ -110,8 +110,8 @@ def _saved_for_backward(loss, model, tokens: int, layers: int) -> list[dict]:
 def worker(setting: str, data: Path, result: Path) -> None:
     from transformers import TrainerCallback
 
-    import tunesmith.fastloss as fl
-    import tunesmith.train as train
+    import tunesmith.training as train
+    import tunesmith.training.fastloss as fl
 
     steps: list[dict] = []
     saved: dict = {}

@@ -12,6 +12,8 @@ label there, so runs of several models and step counts sit side by side.
 
     # the tutorial's full recipe (3 epochs over all 3,729 records):
     .venv/bin/python bench/persona_quality.py --label gemma3-270m-full
+    # stopped part-way (Ctrl-C, a reboot)? the same command with --resume goes on from the last checkpoint
+    .venv/bin/python bench/persona_quality.py --label gemma3-270m-full --resume
     # a shorter run: 300 steps over a seeded sample of the records
     .venv/bin/python bench/persona_quality.py --steps 300 --label gemma3-270m-300
     # any local model directory, e.g. Qwen2.5-0.5B-Instruct:
@@ -57,7 +59,7 @@ def cpu_model() -> str:
 
 def train(args: argparse.Namespace, out: Path) -> Path:
     from tunesmith.config import load_config
-    from tunesmith.train import run_train
+    from tunesmith.training import run_train
 
     overrides = [
         f"model.source={args.model}",
@@ -65,7 +67,7 @@ def train(args: argparse.Namespace, out: Path) -> Path:
         f"data.system_prompt={SYSTEM}",
         "data.val_fraction=0.05",
         f"train.output_dir={out}",
-        "train.overwrite=true",
+        "train.resume=true" if args.resume else "train.overwrite=true",
         f"train.learning_rate={args.lr}",
         f"train.save_steps={args.save_steps}",
         "generation.temperature=0.5",
@@ -213,6 +215,9 @@ def main() -> int:
     ap.add_argument("--label", default="", help="name of this configuration in the results (required)")
     ap.add_argument("--work", default="/tmp/tunesmith-persona-bench", help="where the run dir goes")
     ap.add_argument("--run-dir", help="evaluate this finished run instead of training")
+    ap.add_argument(
+        "--resume", action="store_true", help="continue this label's interrupted run from its last checkpoint"
+    )
     ap.add_argument("--note", default="", help="a line saying what this configuration is")
     ap.add_argument("--render-only", action="store_true", help="only re-render the .md from the .json")
     args = ap.parse_args()

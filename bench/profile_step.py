@@ -19,10 +19,10 @@ import torch
 from transformers import DataCollatorForSeq2Seq
 
 from tunesmith.data import load_records
-from tunesmith.fastloss import causal_lm_loss
-from tunesmith.levers import store_frozen_in_bf16, use_fast_dropout
 from tunesmith.modeling import attach_lora, load_model, load_tokenizer, resolve_source
 from tunesmith.templates import ChatFormat
+from tunesmith.training.fastloss import causal_lm_loss
+from tunesmith.training.levers import store_frozen_in_bf16, use_fast_dropout
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "huanhuan.json"

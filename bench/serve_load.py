@@ -3,7 +3,7 @@
 What it does, end to end and offline:
 
 1. trains a small run directory on the packaged SmolLM2-135M-Instruct (``smollm2-135m-instruct``)
-   with ``tunesmith.train.run_train`` for a few LoRA steps on examples/data/zhenhuan_roleplay.json
+   with ``tunesmith.training.run_train`` for a few LoRA steps on examples/data/zhenhuan_roleplay.json
    (the adapter's quality is irrelevant here; a real run dir is what the server loads);
 2. starts ``tunesmith serve``'s app (transformers backend) in this process on 127.0.0.1;
 3. drives it with the official ``openai`` client from C concurrent clients, each a bounded
@@ -43,7 +43,7 @@ MODEL = "smollm2-135m-instruct"
 
 def train_run(out: Path, steps: int) -> Path:
     from tunesmith.config import load_config
-    from tunesmith.train import run_train
+    from tunesmith.training import run_train
 
     if (out / "tunesmith.json").is_file():
         return out

@@ -143,7 +143,7 @@ def run_baseline(data: Path, out: Path, model_source: str = MODEL) -> dict:
 
 def run_tunesmith(data: Path, out: Path, *extra: str, model_source: str = MODEL) -> dict:
     from tunesmith.config import load_config
-    from tunesmith.train import run_train
+    from tunesmith.training import run_train
 
     cfg = load_config(
         None,

@@ -108,7 +108,7 @@ def write_json(path: Path, obj) -> Path:
 def tiny_run(tmp_path_factory, tiny_qwen) -> Path:
     """A finished run directory: the tiny Qwen2 model after a few LoRA steps (greedy defaults)."""
     from tunesmith.config import load_config
-    from tunesmith.train import run_train
+    from tunesmith.training import run_train
 
     out = tmp_path_factory.mktemp("tiny_run") / "run"
     cfg = load_config(None, [

@@ -10,11 +10,11 @@ import pytest
 
 from conftest import write_json
 from threads import one_torch_thread  # noqa: F401  (autouse)
-from tunesmith.classify import load_classifier
 from tunesmith.config import load_config
 from tunesmith.errors import ConfigError, DatasetError, RunDirError
-from tunesmith.inference import load_chatbot
-from tunesmith.train import run_train
+from tunesmith.runtime.chatbot import load_chatbot
+from tunesmith.runtime.classifier import load_classifier
+from tunesmith.training import run_train
 
 WORDS = {
     "positive": ["good", "great", "wonderful", "excellent", "lovely"],
@@ -137,7 +137,7 @@ def test_full_fine_tuning_learns_and_reports_accuracy_and_macro_f1(full_run):
 
 
 def test_classify_command_labels_texts_and_scores_a_labelled_file(full_run, tmp_path, capsys):
-    from tunesmith.cli import main
+    from tunesmith.cli.main import main
 
     run = full_run
     card = json.loads((run / "tunesmith.json").read_text(encoding="utf-8"))

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from tunesmith.cli import build_parser
+from tunesmith.cli.main import build_parser
 
 SUBCOMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)
 
@@ -19,7 +19,7 @@ def test_help_works(args):
 
 def test_help_does_not_import_heavy_libraries():
     code = (
-        "import sys; from tunesmith.cli import build_parser; build_parser(); "
+        "import sys; from tunesmith.cli.main import build_parser; build_parser(); "
         "heavy = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]; print(heavy)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
@@ -32,7 +32,7 @@ def test_subcommands_present():
 
 @pytest.mark.parametrize("command", ["chat", "eval"])
 def test_sampling_flags_become_overrides_and_unset_ones_stay_out(command):
-    from tunesmith.cli_args import sampling_overrides
+    from tunesmith.cli.args import sampling_overrides
 
     extra = ["--data", "d.json"] if command == "eval" else []
     argv = [command, "run", *extra, "--temperature", "0.3", "--top-k", "5", "--max-new-tokens", "7"]

@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 from conftest import EXAMPLE_DATA
 from test_train import read_metrics
 from threads import one_torch_thread  # noqa: F401  (autouse)
-from tunesmith.checkpoints import last_complete_checkpoint, trim_metrics
 from tunesmith.config import load_config
-from tunesmith.train import run_train
+from tunesmith.training import run_train
+from tunesmith.training.checkpoints import last_complete_checkpoint, trim_metrics
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 

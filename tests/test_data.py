@@ -124,11 +124,11 @@ def test_take_first_n_or_a_seeded_sample():
 
 def test_training_data_sample_is_seeded_and_spread(tmp_path):
     from tunesmith.config import load_config
-    from tunesmith.train import _load_data
+    from tunesmith.training.lm import load_training_data
 
     p = write_json(tmp_path / "d.json", [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(50)])
     cfg = load_config(None, ["model.source=m", f"data.path={p}", "data.sample=8", "data.seed=3"])
-    first, _ = _load_data(cfg)
-    again, _ = _load_data(cfg)
+    first, _ = load_training_data(cfg)
+    again, _ = load_training_data(cfg)
     assert first == again and len(first) == 8
     assert [c[0]["content"] for c in first] != [f"q{i}" for i in range(8)]

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import EXAMPLE_DATA, SHARED_HUANHUAN, write_json
-from tunesmith.cli import main
+from tunesmith.cli.main import main
 from tunesmith.config import ConfigError
 from tunesmith.data.clean import CleanRecipe, clean_file, clean_records, load_recipe
 from tunesmith.data.formats import read_raw

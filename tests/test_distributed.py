@@ -14,9 +14,9 @@ from conftest import EXAMPLE_DATA
 from test_train import read_metrics
 from threads import one_torch_thread  # noqa: F401  (autouse)
 from tunesmith.config import load_config
-from tunesmith.distributed import check_deepspeed
 from tunesmith.errors import ConfigError, DependencyError
-from tunesmith.train import run_train
+from tunesmith.training import run_train
+from tunesmith.training.distributed import check_deepspeed
 
 REPO = EXAMPLE_DATA.parents[2]
 

@@ -11,7 +11,7 @@ from test_train import make_cfg, read_metrics
 from threads import one_torch_thread  # noqa: F401  (autouse)
 from tunesmith.config import load_config
 from tunesmith.errors import ConfigError
-from tunesmith.train import run_train
+from tunesmith.training import run_train
 
 WEIGHTS = {"adapter": "adapter_model.safetensors", "model": "model.safetensors"}
 

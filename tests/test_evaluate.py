@@ -9,7 +9,7 @@ import pytest
 
 from conftest import EXAMPLE_DATA, write_json
 from threads import one_thread
-from tunesmith.cli_eval import add_eval_parser
+from tunesmith.cli.eval import add_eval_parser
 from tunesmith.config import load_config
 from tunesmith.errors import ConfigError, DatasetError, RunDirError, TunesmithError
 from tunesmith.evaluation import (
@@ -20,8 +20,8 @@ from tunesmith.evaluation import (
     parse_sweep,
     run_eval,
 )
-from tunesmith.inference import load_chatbot
 from tunesmith.runcard import read_run_card, write_run_card
+from tunesmith.runtime.chatbot import load_chatbot
 
 RECORDS = json.loads(EXAMPLE_DATA.read_text(encoding="utf-8"))
 
@@ -226,7 +226,7 @@ def test_train_can_evaluate_at_the_end(tiny_qwen, tmp_path):
         "train.grad_accum=1", "train.dtype=float32", "generation.temperature=0",
         "generation.max_new_tokens=6", "eval.at_end=true", "eval.limit=4", "eval.samples=1",
     ])  # fmt: skip
-    from tunesmith.train import run_train
+    from tunesmith.training import run_train
 
     run = run_train(cfg)
     card = read_run_card(run)

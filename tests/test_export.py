@@ -14,12 +14,12 @@ import sys
 
 import pytest
 
-from tunesmith import cli
-from tunesmith.cli_export import add_export_parser
+import tunesmith.cli.main as cli
+from tunesmith.cli.export import add_export_parser
 from tunesmith.errors import ConfigError, DependencyError, ModelSourceError, RunDirError
 from tunesmith.export import CHECK_PROMPTS, ExportError, ExportOptions, run_export
 from tunesmith.generation import Sampling
-from tunesmith.inference import load_chatbot
+from tunesmith.runtime.chatbot import load_chatbot
 
 GREEDY = Sampling(temperature=0, repetition_penalty=1.0, max_new_tokens=12)
 CONVS = [c for c in CHECK_PROMPTS if len(c) == 1]
@@ -208,7 +208,7 @@ def test_int8_keeps_layers_with_activation_outliers_float(tiny_qwen, full_export
     from transformers import AutoModelForCausalLM
 
     from tunesmith.export.measure import outlier_layers
-    from tunesmith.inference import quantize_int8
+    from tunesmith.modeling import quantize_int8
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_qwen)).eval()
     with torch.no_grad():  # one huge MLP channel, like the "massive activations" of real small LLMs
@@ -306,7 +306,7 @@ def test_failed_check_or_interrupt_leaves_nothing(tiny_run, tmp_path, monkeypatc
 
 @pytest.fixture
 def main(monkeypatch):
-    """tunesmith.cli.main with the export subcommand registered (a no-op once cli.py wires it in)."""
+    """tunesmith.cli.main.main with the export subcommand registered (a no-op once cli.py wires it in)."""
     original = cli.build_parser
 
     def build():

@@ -12,8 +12,8 @@ from conftest import EXAMPLE_DATA
 from tunesmith.config import load_config
 from tunesmith.export import CHECK_PROMPTS, ExportOptions, run_export
 from tunesmith.generation import Sampling
-from tunesmith.inference import load_chatbot
-from tunesmith.train import run_train
+from tunesmith.runtime.chatbot import load_chatbot
+from tunesmith.training import run_train
 
 pytestmark = pytest.mark.real_model
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from tunesmith.fastloss import causal_lm_loss, supports_fast_loss
 from tunesmith.modeling import attach_lora, load_model
+from tunesmith.training.fastloss import causal_lm_loss, supports_fast_loss
 
 ATOL = 1e-5  # fp32: summation order differs, nothing else
 
@@ -63,7 +63,7 @@ def test_levers_match_plain_loss_and_gradients(request, arch, unpadded, label_on
 
 
 def test_packed_row_is_padded_by_a_sequence_of_its_own():
-    from tunesmith.fastloss import _pieces
+    from tunesmith.training.fastloss import _pieces
 
     inputs = batch(1000)  # sequences of 23, 9 and 17 tokens: 49
     [(ids, mask, positions, targets)] = _pieces(inputs, unpadded=True, pack=True, multiple=16)
@@ -83,7 +83,7 @@ def test_packed_row_is_padded_by_a_sequence_of_its_own():
 
 @pytest.mark.parametrize("multiple", [0, 1, 4, 16])
 def test_label_cross_entropy_matches_plain_in_padded_chunks(monkeypatch, multiple):
-    import tunesmith.fastloss as fl
+    import tunesmith.training.fastloss as fl
 
     monkeypatch.setattr(fl, "CE_CHUNK_ELEMENTS", 5 * 50)  # 5 rows of a 50-word vocabulary a chunk
     g = torch.Generator().manual_seed(4)
@@ -116,7 +116,7 @@ def test_unsupported_models_fall_back(tiny_qwen):
 @pytest.mark.parametrize("arch", ["tiny_qwen", "tiny_llama", "tiny_gemma3"])
 def test_packed_sequences_stay_independent(request, arch, monkeypatch):
     """Packing a micro-batch into one row gives each sequence's own loss and gradients."""
-    import tunesmith.fastloss as fl
+    import tunesmith.training.fastloss as fl
 
     model = lora_model(request.getfixturevalue(arch))
     assert fl.supports_packing(model)
@@ -137,7 +137,7 @@ def test_packed_sequences_stay_independent(request, arch, monkeypatch):
 
 
 def test_frozen_bf16_weights_give_autocast_the_same_operands(tiny_qwen):
-    from tunesmith.levers import restore_fp32, store_frozen_in_bf16
+    from tunesmith.training.levers import restore_fp32, store_frozen_in_bf16
 
     ref, model = lora_model(tiny_qwen), lora_model(tiny_qwen)
     names = store_frozen_in_bf16(model)
@@ -176,7 +176,7 @@ def test_frozen_bf16_weights_give_autocast_the_same_operands(tiny_qwen):
 
 
 def test_tied_lm_head_stays_fp32(tiny_llama):
-    from tunesmith.levers import store_frozen_in_bf16
+    from tunesmith.training.levers import store_frozen_in_bf16
 
     model = lora_model(tiny_llama)
     base = model.get_base_model()
@@ -187,7 +187,7 @@ def test_tied_lm_head_stays_fp32(tiny_llama):
 
 
 def test_fast_dropout_has_dropouts_distribution_and_gradient(tiny_qwen):
-    from tunesmith.levers import FastDropout, use_fast_dropout
+    from tunesmith.training.levers import FastDropout, use_fast_dropout
 
     torch.manual_seed(0)
     d = FastDropout(0.1)
@@ -213,7 +213,7 @@ def test_fast_dropout_has_dropouts_distribution_and_gradient(tiny_qwen):
 def test_training_and_evaluation_run_under_autocast_in_bf16(tmp_path, tiny_qwen, monkeypatch):
     """The fast path calls submodules directly, past accelerate's autocast-wrapped forward: it must
     enter autocast itself, for training steps and evaluation alike."""
-    import tunesmith.train as train_mod
+    import tunesmith.training.lm as train_mod
     from test_train import make_cfg
 
     seen = []
@@ -226,6 +226,6 @@ def test_training_and_evaluation_run_under_autocast_in_bf16(tmp_path, tiny_qwen,
 
     monkeypatch.setattr(train_mod, "_apply_levers", spy)
     cfg = make_cfg(tmp_path, tiny_qwen, "train.dtype=bfloat16", "train.max_steps=2", "train.device=cpu")
-    run = train_mod.run_train(cfg)
+    run = train_mod.train_lm(cfg)
     assert (run / "tunesmith.json").is_file()
     assert len(seen) >= 4 and all(seen), seen  # evaluation before and after, and the two steps

@@ -11,12 +11,12 @@ from test_train import make_cfg
 from threads import one_torch_thread  # noqa: F401  (autouse)
 from tunesmith.config import load_config
 from tunesmith.errors import ConfigError
-from tunesmith.methods import apply_method
 from tunesmith.modeling import load_model
-from tunesmith.optim import lr_factor_fn
-from tunesmith.replay import Replay, _interleave, mix_replay
 from tunesmith.templates import ChatFormat, Example
-from tunesmith.train import run_train
+from tunesmith.training import run_train
+from tunesmith.training.methods import apply_method
+from tunesmith.training.optim import lr_factor_fn
+from tunesmith.training.replay import Replay, _interleave, mix_replay
 
 
 def cfg_with(tiny, *overrides):

@@ -8,11 +8,11 @@ import pytest
 
 from conftest import EXAMPLE_DATA
 from threads import one_torch_thread  # noqa: F401  (tiny models train faster on one thread)
-from tunesmith.cli import main
+from tunesmith.cli.main import main
 from tunesmith.config import load_config
 from tunesmith.errors import ModelSourceError, RunDirError
 from tunesmith.runcard import read_run_card
-from tunesmith.train import run_train
+from tunesmith.training import run_train
 
 
 def cfg_for(model_dir, out, *extra):
@@ -164,7 +164,7 @@ def test_resume_with_a_changed_config_is_refused_before_the_model_loads(tmp_path
     def no_load(*a, **kw):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr("tunesmith.train.load_for_training", no_load)
+    monkeypatch.setattr("tunesmith.training.lm.load_for_training", no_load)
     changed = ["train.resume=true", "lora.r=16", "train.learning_rate=5e-5"]
     with pytest.raises(RunDirError) as err:
         run_train(cfg_for(tiny_qwen, out, *common, *changed))
@@ -284,7 +284,7 @@ def test_data_subcommands_report_unwritable_outputs_in_one_line(tmp_path, capsys
 
 @pytest.mark.parametrize("part", ["adapter", "tokenizer"])
 def test_chat_and_serve_on_a_run_missing_a_part_say_which(finished_run, part, capsys):
-    from tunesmith.inference import load_adapter_set
+    from tunesmith.runtime.adapters import load_adapter_set
 
     shutil.rmtree(finished_run / part)
     assert main(["chat", str(finished_run), "--prompt", "hi"]) == 2
@@ -360,7 +360,7 @@ def test_an_interrupt_before_any_checkpoint_does_not_suggest_resuming(tmp_path, 
         (tmp_path / "run").mkdir()
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("tunesmith.train.run_train", interrupted)
+    monkeypatch.setattr("tunesmith.training.run_train", interrupted)
     assert main(["train", write_config(tmp_path, tmp_path), f"train.output_dir={tmp_path / 'run'}"]) == 130
     err = capsys.readouterr().err
     assert "nothing to resume" in err and "train.resume=true" not in err
@@ -504,7 +504,7 @@ def test_the_web_ui_takes_a_user_name_and_password(tiny_run, tmp_path, capsys):
 
 def test_a_search_never_replaces_a_directory_that_is_not_a_search(tmp_path, tiny_qwen):
     pytest.importorskip("optuna")
-    from tunesmith.tune import run_tune
+    from tunesmith.training.tune import run_tune
 
     study = tmp_path / "project"
     study.mkdir()

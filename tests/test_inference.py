@@ -1,5 +1,5 @@
 from tunesmith.generation import Sampling
-from tunesmith.inference import load_chatbot
+from tunesmith.runtime.chatbot import load_chatbot
 
 
 def test_batched_greedy_equals_one_at_a_time(tiny_run):

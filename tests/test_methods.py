@@ -10,11 +10,11 @@ from test_train import make_cfg
 from threads import one_torch_thread  # noqa: F401  (autouse)
 from tunesmith.config import load_config
 from tunesmith.errors import ConfigError
-from tunesmith.fastloss import supports_fast_loss
-from tunesmith.inference import load_chatbot
-from tunesmith.methods import apply_method, freeze_except, weights_dir
 from tunesmith.modeling import load_model
-from tunesmith.train import run_train
+from tunesmith.runtime.chatbot import load_chatbot
+from tunesmith.training import run_train
+from tunesmith.training.fastloss import supports_fast_loss
+from tunesmith.training.methods import apply_method, freeze_except, weights_dir
 
 Q = [{"role": "user", "content": "你是谁？"}]
 
@@ -69,7 +69,7 @@ def test_prompt_learning_falls_back_to_the_plain_loss(tiny_qwen):
 def test_loraplus_gives_b_matrices_a_higher_learning_rate(tmp_path, tiny_qwen):
     from transformers import TrainingArguments
 
-    from tunesmith.optim import lr_factor_fn, optimizer_spec
+    from tunesmith.training.optim import lr_factor_fn, optimizer_spec
 
     cfg = load_config(None, [f"model.source={tiny_qwen}", "data.path=x.json", "lora.method=loraplus"])
     model = apply_method(load_model(tiny_qwen), cfg.lora, tiny_qwen)
@@ -97,7 +97,7 @@ def test_qlora_on_cuda_without_bitsandbytes_says_what_to_install(monkeypatch):
     import sys
 
     from tunesmith.errors import DependencyError
-    from tunesmith.methods import check_method
+    from tunesmith.training.methods import check_method
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import fails as if not installed
     cfg = load_config(None, ["model.source=m", "data.path=d.json", "lora.method=qlora"])

@@ -5,7 +5,7 @@ import math
 import pytest
 import sacrebleu
 
-from tunesmith.metrics import (
+from tunesmith.evaluation.metrics import (
     answer_metrics,
     bleu4,
     chars,

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import EXAMPLE_DATA, write_json
 from threads import one_thread
-from tunesmith.cli_eval import summary
+from tunesmith.cli.eval import summary
 from tunesmith.errors import DatasetError
 from tunesmith.evaluation import EvalOptions, answer_perplexity, run_eval
 from tunesmith.evaluation.persona import (
@@ -20,7 +20,7 @@ from tunesmith.evaluation.persona import (
     persona_rates,
     topic_calibration,
 )
-from tunesmith.inference import load_chatbot
+from tunesmith.runtime.chatbot import load_chatbot
 
 RECORDS = json.loads(EXAMPLE_DATA.read_text(encoding="utf-8"))
 PERSONA = [r["output"] for r in RECORDS]

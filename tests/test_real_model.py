@@ -11,9 +11,9 @@ import pytest
 
 from conftest import EXAMPLE_DATA, SHARED_HUANHUAN
 from tunesmith.config import load_config
-from tunesmith.inference import load_chatbot
 from tunesmith.modeling import PACKAGED, cache_dir, fetch_packaged, resolve_source
-from tunesmith.train import run_train
+from tunesmith.runtime.chatbot import load_chatbot
+from tunesmith.training import run_train
 
 pytestmark = pytest.mark.real_model
 

@@ -384,9 +384,9 @@ def test_a_full_weights_run_is_served_with_its_base_model(tiny_qwen, tmp_path):
     """lora.method=full saves a whole model: `base` swaps the base weights in, batch by batch."""
     from conftest import EXAMPLE_DATA
     from tunesmith.config import load_config
-    from tunesmith.inference import load_chatbot
+    from tunesmith.runtime.chatbot import load_chatbot
     from tunesmith.serving.backends import GenRequest
-    from tunesmith.train import run_train
+    from tunesmith.training import run_train
 
     cfg = load_config(None, [
         f"model.source={tiny_qwen}", f"data.path={EXAMPLE_DATA}", "data.limit=8", "lora.method=full",

@@ -11,14 +11,14 @@ import time
 
 import pytest
 
-from tunesmith.cli_serve import add_serve_parsers
+from tunesmith.cli.serve import add_serve_parsers
 from tunesmith.errors import ConfigError
 from tunesmith.serving.server import name_runs, resolve_api_key
 
 # What `tunesmith` does once cli.py registers these subcommands.
 MAIN = (
     "import argparse, sys\n"
-    "from tunesmith.cli_serve import add_serve_parsers\n"
+    "from tunesmith.cli.serve import add_serve_parsers\n"
     "from tunesmith.logs import setup_cli_logging\n"
     "p = argparse.ArgumentParser(prog='tunesmith'); add_serve_parsers(p.add_subparsers(required=True))\n"
     "a = p.parse_args(sys.argv[1:]); setup_cli_logging(); sys.exit(a.func(a))\n"

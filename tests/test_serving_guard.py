@@ -96,8 +96,8 @@ def test_partial_utf8_character_is_held_back():
 def test_job_with_real_tokenizer_reports_repetition(tiny_qwen):
     """A row that loops, token by token, ends with finish "repetition" and the phrase."""
     from tunesmith.generation import Sampling
-    from tunesmith.inference import Chatbot
     from tunesmith.modeling import load_tokenizer
+    from tunesmith.runtime.chatbot import Chatbot
     from tunesmith.serving.backends import GenRequest, ServedModel
     from tunesmith.serving.transformers_backend import _Job
     from tunesmith.templates import ChatFormat

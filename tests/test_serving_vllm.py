@@ -118,7 +118,7 @@ def vllm_run(tmp_path_factory):
 
     from conftest import EXAMPLE_DATA, make_tokenizer
     from tunesmith.config import load_config
-    from tunesmith.train import run_train
+    from tunesmith.training import run_train
 
     root = tmp_path_factory.mktemp("vllm")
     tok = make_tokenizer(False)

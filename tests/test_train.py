@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from conftest import EXAMPLE_DATA
-from tunesmith.cli import main
+from tunesmith.cli.main import main
 from tunesmith.config import load_config
 from tunesmith.errors import RunDirError
-from tunesmith.inference import load_chatbot
-from tunesmith.train import run_train
+from tunesmith.runtime.chatbot import load_chatbot
+from tunesmith.training import run_train
 
 
 def make_cfg(tmp_path, model_dir, *extra):
@@ -165,7 +165,7 @@ def test_cli_train_and_chat(tmp_path, tiny_qwen, capsys):
     answers = iter(["你好", "/reset", "", "/exit"])
     import io
 
-    from tunesmith.chat import chat_loop
+    from tunesmith.cli.chat import chat_loop
 
     buf = io.StringIO()
     chat_loop(load_chatbot(out), load_chatbot(out).defaults, lambda _p: next(answers), buf)

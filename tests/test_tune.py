@@ -8,10 +8,10 @@ import yaml
 
 from test_train import make_cfg
 from threads import one_torch_thread  # noqa: F401  (autouse)
-from tunesmith.cli_tune import add_tune_parser
+from tunesmith.cli.tune import add_tune_parser
 from tunesmith.config import load_config
 from tunesmith.errors import ConfigError, RunDirError
-from tunesmith.tune import check_tune, run_tune
+from tunesmith.training.tune import check_tune, run_tune
 
 pytest.importorskip("optuna")  # the `tune` extra
 

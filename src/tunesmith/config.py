@@ -18,11 +18,12 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ConfigError
+from .generation import Sampling
 
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def _f(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:
+def option(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:
     """A dataclass field with a one-line help text."""
     if isinstance(default, list | dict):
         value = default
@@ -32,122 +33,119 @@ def _f(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:
 
 @dataclass
 class ModelConfig:
-    source: str = _f("", "model: local HF directory, .gguf file, hub id, or packaged name")
-    revision: str | None = _f(None, "hub revision (branch, tag or commit) for hub ids")
-    chat_template: str | None = _f(
+    source: str = option("", "model: local HF directory, .gguf file, hub id, or packaged name")
+    revision: str | None = option(None, "hub revision (branch, tag or commit) for hub ids")
+    chat_template: str | None = option(
         None,
         "the tokenizer's chat template, or a builtin (gemma, chatml, plain), a .jinja file or Jinja text",
     )
-    trust_remote_code: bool = _f(False, "allow custom modelling code from the model repository")
-    task: Literal["chat", "classification"] = _f(
+    trust_remote_code: bool = option(False, "allow custom modelling code from the model repository")
+    task: Literal["chat", "classification"] = option(
         "chat", "chat: a causal LM on conversations; classification: a sequence classifier on text + label"
     )
 
 
 @dataclass
 class DataConfig:
-    path: str = _f("", "training data file (.json or .jsonl)")
-    format: Literal["auto", "alpaca", "sharegpt", "messages"] = _f(
+    path: str = option("", "training data file (.json or .jsonl)")
+    format: Literal["auto", "alpaca", "sharegpt", "messages"] = option(
         "auto", "record format; 'auto' detects it per record"
     )
-    system_prompt: str | None = _f(None, "system prompt used in training and stored for inference")
-    val_fraction: float = _f(0.1, "fraction of records held out for validation (0 disables)")
-    seed: int = _f(42, "seed of the train/validation split and of `data.sample`")
-    max_length: int = _f(384, "maximum tokens per example; longer ones are truncated and counted")
-    limit: int | None = _f(None, "use only the first N records, in file order (quick experiments)")
-    sample: int | None = _f(
+    system_prompt: str | None = option(None, "system prompt used in training and stored for inference")
+    val_fraction: float = option(0.1, "fraction of records held out for validation (0 disables)")
+    seed: int = option(42, "seed of the train/validation split and of `data.sample`")
+    max_length: int = option(384, "maximum tokens per example; longer ones are truncated and counted")
+    limit: int | None = option(None, "use only the first N records, in file order (quick experiments)")
+    sample: int | None = option(
         None, "use a random subset of N records, drawn with `data.seed` (quick runs over the whole file)"
     )
-    clean: str | None = _f(None, "clean before training: 'default' or a cleaning recipe YAML file")
-    replay_path: str | None = _f(None, "general-purpose data mixed into training against forgetting")
-    replay_ratio: float = _f(0.0, "share of the training examples drawn from replay_path (e.g. 0.2)")
-    text_field: str = _f("text", "classification: the field (column) holding the text")
-    label_field: str = _f("label", "classification: the field (column) holding the label")
+    clean: str | None = option(None, "clean before training: 'default' or a cleaning recipe YAML file")
+    replay_path: str | None = option(None, "general-purpose data mixed into training against forgetting")
+    replay_ratio: float = option(0.0, "share of the training examples drawn from replay_path (e.g. 0.2)")
+    text_field: str = option("text", "classification: the field (column) holding the text")
+    label_field: str = option("label", "classification: the field (column) holding the label")
 
 
 @dataclass
 class LoraConfig:
-    r: int = _f(8, "LoRA rank")
-    alpha: int = _f(32, "LoRA alpha (scaling = alpha / r)")
-    dropout: float = _f(0.1, "dropout on the LoRA branch")
-    target_modules: list[str] = _f(DEFAULT_LORA_TARGETS, "module names that get adapters")
+    r: int = option(8, "LoRA rank")
+    alpha: int = option(32, "LoRA alpha (scaling = alpha / r)")
+    dropout: float = option(0.1, "dropout on the LoRA branch")
+    target_modules: list[str] = option(DEFAULT_LORA_TARGETS, "module names that get adapters")
     method: Literal[
         "lora", "dora", "rslora", "loraplus", "full", "freeze", "prompt_tuning", "p_tuning", "qlora"
-    ] = _f("lora", "training method (see docs/training.md); full and freeze save full weights")
-    loraplus_lr_ratio: float = _f(16.0, "loraplus: learning rate of the B matrices = ratio × learning_rate")
-    train_layers: int | None = _f(None, "freeze: train only the last N transformer layers")
-    train_modules: list[str] = _f([], "freeze: also train these modules (dotted names, e.g. lm_head)")
-    virtual_tokens: int = _f(20, "prompt_tuning / p_tuning: number of trained virtual tokens")
-    prompt_init: str | None = _f(None, "prompt_tuning: initialise the virtual tokens from this text")
-    merge: bool = _f(False, "also write the adapter merged into the base weights to RUN_DIR/merged")
+    ] = option("lora", "training method (see docs/training.md); full and freeze save full weights")
+    loraplus_lr_ratio: float = option(
+        16.0, "loraplus: learning rate of the B matrices = ratio × learning_rate"
+    )
+    train_layers: int | None = option(None, "freeze: train only the last N transformer layers")
+    train_modules: list[str] = option([], "freeze: also train these modules (dotted names, e.g. lm_head)")
+    virtual_tokens: int = option(20, "prompt_tuning / p_tuning: number of trained virtual tokens")
+    prompt_init: str | None = option(None, "prompt_tuning: initialise the virtual tokens from this text")
+    merge: bool = option(False, "also write the adapter merged into the base weights to RUN_DIR/merged")
 
 
 @dataclass
 class TrainConfig:
-    output_dir: str = _f("runs/run", "run directory to write")
-    epochs: float = _f(3.0, "number of epochs")
-    max_steps: int | None = _f(None, "stop after this many optimizer steps (overrides epochs)")
-    learning_rate: float = _f(1e-4, "peak learning rate")
-    min_lr: float = _f(1e-6, "floor of the linear decay after warmup")
-    batch_size: int = _f(2, "examples per device per step")
-    grad_accum: int = _f(2, "gradient accumulation steps")
-    warmup_ratio: float = _f(0.1, "fraction of steps spent warming up linearly")
-    weight_decay: float = _f(0.01, "AdamW weight decay")
-    max_grad_norm: float = _f(1.0, "gradient-norm clipping")
-    logging_steps: int = _f(10, "log every N optimizer steps")
-    save_steps: int = _f(100, "checkpoint every N optimizer steps")
-    eval_steps: int | None = _f(None, "evaluate every N steps (default: save_steps)")
-    early_stopping_patience: int | None = _f(
+    output_dir: str = option("runs/run", "run directory to write")
+    epochs: float = option(3.0, "number of epochs")
+    max_steps: int | None = option(None, "stop after this many optimizer steps (overrides epochs)")
+    learning_rate: float = option(1e-4, "peak learning rate")
+    min_lr: float = option(1e-6, "floor of the linear decay after warmup")
+    batch_size: int = option(2, "examples per device per step")
+    grad_accum: int = option(2, "gradient accumulation steps")
+    warmup_ratio: float = option(0.1, "fraction of steps spent warming up linearly")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    max_grad_norm: float = option(1.0, "gradient-norm clipping")
+    logging_steps: int = option(10, "log every N optimizer steps")
+    save_steps: int = option(100, "checkpoint every N optimizer steps")
+    eval_steps: int | None = option(None, "evaluate every N steps (default: save_steps)")
+    early_stopping_patience: int | None = option(
         None, "stop after this many evaluations without a better validation loss (null: off)"
     )
-    early_stopping_min_delta: float = _f(0.0, "early stopping: smaller validation-loss gains count as none")
-    save_total_limit: int | None = _f(3, "keep at most this many checkpoints")
-    seed: int = _f(42, "training seed")
-    device: Literal["auto", "cpu", "cuda"] = _f("auto", "where to train")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
+    early_stopping_min_delta: float = option(
+        0.0, "early stopping: smaller validation-loss gains count as none"
+    )
+    save_total_limit: int | None = option(3, "keep at most this many checkpoints")
+    seed: int = option(42, "training seed")
+    device: Literal["auto", "cpu", "cuda"] = option("auto", "where to train")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = option(
         "auto", "compute dtype; auto = bf16 where the hardware supports it, else fp32"
     )
-    gradient_checkpointing: bool = _f(
+    gradient_checkpointing: bool = option(
         False, "trade compute for memory (slower; only when memory requires it)"
     )
-    unpadded: bool = _f(True, "run each sequence without padding tokens (exact; same loss and gradients)")
-    label_logits_only: bool = _f(True, "compute LM-head logits only where labels exist (exact)")
-    pad_to_multiple_of: int = _f(
+    unpadded: bool = option(True, "run each sequence without padding tokens (exact; same loss and gradients)")
+    label_logits_only: bool = option(True, "compute LM-head logits only where labels exist (exact)")
+    pad_to_multiple_of: int = option(
         64, "pad packed rows and label rows to a multiple of this many tokens: shapes repeat (exact; 0: off)"
     )
-    frozen_bf16: bool = _f(
+    frozen_bf16: bool = option(
         True, "under bf16 autocast, store frozen linear weights in bf16 once (exact; less memory)"
     )
-    fast_dropout: bool = _f(True, "draw LoRA dropout masks from rand >= p (same distribution, faster)")
-    resume: bool = _f(False, "continue from the latest checkpoint in output_dir")
-    overwrite: bool = _f(False, "replace the tunesmith run in output_dir (never anything else)")
-    trainer_args: dict[str, Any] = _f({}, "extra transformers.TrainingArguments (escape hatch)")
-    lr_multipliers: dict[str, float] = _f(
+    fast_dropout: bool = option(True, "draw LoRA dropout masks from rand >= p (same distribution, faster)")
+    resume: bool = option(False, "continue from the latest checkpoint in output_dir")
+    overwrite: bool = option(False, "replace the tunesmith run in output_dir (never anything else)")
+    trainer_args: dict[str, Any] = option({}, "extra transformers.TrainingArguments (escape hatch)")
+    lr_multipliers: dict[str, float] = option(
         {}, "learning-rate factor by parameter-name regex, first match wins (e.g. {embed_tokens: 0.1})"
     )
-    layer_lr_decay: float = _f(1.0, "layer i of L learns at decay^(L-1-i) × the rate, embeddings decay^L")
+    layer_lr_decay: float = option(1.0, "layer i of L learns at decay^(L-1-i) × the rate, embeddings decay^L")
 
 
-@dataclass
-class GenerationConfig:
-    temperature: float = _f(0.5, "sampling temperature (0 = greedy)")
-    top_p: float = _f(0.8, "nucleus sampling probability mass")
-    top_k: int = _f(50, "sample among the k most likely tokens (0 disables)")
-    repetition_penalty: float = _f(1.1, "penalty > 1 discourages repeating tokens")
-    max_new_tokens: int = _f(256, "maximum tokens per answer")
-    seed: int | None = _f(None, "sampling seed for reproducible answers")
+GenerationConfig = Sampling  # the config's ``generation`` section is the runtime's sampling settings
 
 
 @dataclass
 class EvalConfig:
-    at_end: bool = _f(
+    at_end: bool = option(
         False, "after training, evaluate base vs fine-tuned and put headline metrics in the run card"
     )
-    data: str | None = _f(None, "evaluation data file (default: the validation split)")
-    general: str | None = _f(None, "general-purpose data file: perplexity before/after shows forgetting")
-    limit: int | None = _f(64, "evaluate at most this many records (null: all)")
-    samples: int = _f(5, "sample answers shown side by side in the report")
-    batch_size: int = _f(32, "prompts per generation batch")
+    data: str | None = option(None, "evaluation data file (default: the validation split)")
+    general: str | None = option(None, "general-purpose data file: perplexity before/after shows forgetting")
+    limit: int | None = option(64, "evaluate at most this many records (null: all)")
+    samples: int = option(5, "sample answers shown side by side in the report")
+    batch_size: int = option(32, "prompts per generation batch")
 
 
 DEFAULT_TUNE_SPACE = {
@@ -161,12 +159,14 @@ DEFAULT_TUNE_SPACE = {
 
 @dataclass
 class TuneConfig:
-    trials: int = _f(20, "number of trials (`tunesmith tune --trials N` overrides)")
-    space: dict[str, Any] = _f(
+    trials: int = option(20, "number of trials (`tunesmith tune --trials N` overrides)")
+    space: dict[str, Any] = option(
         DEFAULT_TUNE_SPACE, "search space: section.key -> [choices] or {low, high, log?, step?}"
     )
-    pruner: Literal["median", "none"] = _f("median", "stop trials whose validation loss trails the median")
-    seed: int = _f(42, "seed of the search (Optuna's TPE sampler)")
+    pruner: Literal["median", "none"] = option(
+        "median", "stop trials whose validation loss trails the median"
+    )
+    seed: int = option(42, "seed of the search (Optuna's TPE sampler)")
 
 
 @dataclass
@@ -175,7 +175,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    generation: Sampling = field(default_factory=Sampling)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
 

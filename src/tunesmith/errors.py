@@ -74,3 +74,7 @@ class FileError(TunesmithError, OSError):
 
 class DependencyError(TunesmithError, ImportError):
     """An optional dependency is missing; the message says what to install."""
+
+
+class ExportError(TunesmithError, ValueError):
+    """An export cannot be made as asked, or its result does not match the model it came from."""

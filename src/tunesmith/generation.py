@@ -1,26 +1,39 @@
-"""Sampling settings shared by chat, serving and the web UI."""
+"""Sampling settings: one definition for the config's ``generation`` section, the run card's
+generation defaults, chat, evaluation, serving and the web UI."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
+
+
+def _help(default: Any, text: str) -> Any:
+    return field(default=default, metadata={"help": text})
 
 
 @dataclass
 class Sampling:
     """Decoding controls. ``temperature == 0`` means greedy decoding."""
 
-    temperature: float = 0.5
-    top_p: float = 0.8
-    top_k: int = 50
-    repetition_penalty: float = 1.1
-    max_new_tokens: int = 256
-    seed: int | None = None
+    temperature: float = _help(0.5, "sampling temperature (0 = greedy)")
+    top_p: float = _help(0.8, "nucleus sampling probability mass")
+    top_k: int = _help(50, "sample among the k most likely tokens (0 disables)")
+    repetition_penalty: float = _help(1.1, "penalty > 1 discourages repeating tokens")
+    max_new_tokens: int = _help(256, "maximum tokens per answer")
+    seed: int | None = _help(None, "sampling seed for reproducible answers")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Sampling:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """Settings from a mapping (a run card's ``generation``).
+
+        Raises:
+            ValueError: a key that is not a sampling setting (named, with the known ones).
+        """
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ValueError(f"unknown sampling settings {unknown}; known: {names}")
+        return cls(**d)
 
     def updated(self, **overrides: Any) -> Sampling:
         """A copy with every non-None override applied."""

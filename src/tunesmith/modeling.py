@@ -334,25 +334,48 @@ def load_model(
     return model.to(device)
 
 
+def lora_targets(model: Any, target_modules: list[str]) -> list[str]:
+    """The module names LoRA wraps in ``model``: one rule for every task.
+
+    A list the user gave must name modules of this model (ConfigError listing its linear layers
+    otherwise). The default, Llama-style list keeps the names this model has; a model with none
+    of them (GPT-2's ``c_attn``, BERT's ``query``/``value``) gets PEFT's targets for its type.
+    """
+    from .config import DEFAULT_LORA_TARGETS
+    from .errors import ConfigError
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"})
+    missing = [t for t in target_modules if t not in names]
+    if not missing:
+        return list(target_modules)
+    if list(target_modules) != DEFAULT_LORA_TARGETS:
+        raise ConfigError(f"`lora.target_modules` {missing} not in this model; its linear layers: {linear}")
+    present = [t for t in target_modules if t in names]
+    if not present:
+        from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
+
+        present = list(PEFT_TARGETS.get(getattr(model.config, "model_type", None), []))
+    if not present:
+        raise ConfigError(
+            f"this model has none of the default `lora.target_modules` {DEFAULT_LORA_TARGETS}; set them "
+            f"to some of its linear layers: {linear}"
+        )
+    log.info("lora.target_modules: this model has no %s; using %s", missing, present)
+    return present
+
+
 def attach_lora(
     model: Any, r: int, alpha: int, dropout: float, target_modules: list[str], **options: Any
 ) -> Any:
-    """Wrap ``model`` with PEFT LoRA adapters; unknown target names fail with the valid ones.
+    """Wrap ``model`` with PEFT LoRA adapters on ``lora_targets(model, target_modules)``.
 
     ``options`` go to ``peft.LoraConfig`` (e.g. ``use_dora=True``, ``use_rslora=True``,
     ``task_type="SEQ_CLS"``).
     """
     from peft import LoraConfig, get_peft_model
 
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    missing = [t for t in target_modules if t not in names]
-    if missing:
-        linear = sorted(
-            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"}
-        )
-        from .errors import ConfigError
-
-        raise ConfigError(f"`lora.target_modules` {missing} not in this model; its linear layers: {linear}")
+    target_modules = lora_targets(model, target_modules)
     cfg = LoraConfig(
         r=r,
         lora_alpha=alpha,
@@ -361,3 +384,19 @@ def attach_lora(
         **{"task_type": "CAUSAL_LM", **options},
     )
     return get_peft_model(model, cfg)
+
+
+def quantize_int8(model: Any, keep_float: tuple[str, ...] | list[str] = ()) -> Any:
+    """Dynamic int8 quantization of the Linear layers (weights int8 per channel, activations
+    quantized per call), for CPU inference. Embeddings, norms and the ``keep_float`` layers (those
+    whose inputs have outliers, found by ``tunesmith export``) stay float."""
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    keep = set(keep_float)
+    spec = {
+        name: per_channel_dynamic_qconfig
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and name not in keep
+    }
+    return quantize_dynamic(model, spec, dtype=torch.qint8)

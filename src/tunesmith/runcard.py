@@ -1,20 +1,26 @@
-"""The run card (``tunesmith.json``): what every later stage needs to use a run directory.
+"""The run card (``tunesmith.json``): the one contract between training and every later stage.
 
 It is written last and atomically, so a directory without one is an unfinished run.
+``RunCard.load(run_dir)`` is the only way chat, eval, serve, the web UI, export and classify learn
+what was trained: base model (and whether it runs custom code), template text with its fingerprint
+and end-of-turn token, system prompt, max length, compute dtype, sampling defaults and where the
+weights are. Nothing re-reads ``config.yaml``. Cards of format 1 are migrated on read.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .errors import RunDirError
 from .files import atomic_write_json
+from .generation import Sampling
 
 RUN_CARD = "tunesmith.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+DEFAULT_MAX_LENGTH = 384  # what a format-1 card without config.yaml is taken to have trained with
 EXPORTED = "merged"  # RunCard.method of a directory written by `tunesmith export`
 
 
@@ -32,19 +38,39 @@ def base_model_record(source: Any, revision: str | None) -> dict[str, Any]:
 @dataclass
 class RunCard:
     base_model: dict[str, Any]  # spec, kind, content_hash
-    template: dict[str, Any]  # fingerprint, end_of_turn token
+    template: dict[str, Any]  # text, fingerprint, end_of_turn token (empty for a classifier)
     system_prompt: str | None
-    generation: dict[str, Any]
+    generation: dict[str, Any]  # sampling defaults: exactly the fields of generation.Sampling
     data: dict[str, Any]  # path, fingerprint, counts
+    max_length: int | None = None  # tokens per training example; evaluation truncates alike
+    trust_remote_code: bool = False  # the base model runs code from its own folder
+    dtype: str | None = None  # the compute dtype training used
     metrics: dict[str, Any] = field(default_factory=dict)
     adapter: str = "adapter"
     tokenizer: str = "tokenizer"
     method: str = "lora"
-    task: str = "chat"  # or "classification": a sequence classifier (tunesmith.classify), not a chat model
+    task: str = (
+        "chat"  # or "classification": a sequence classifier (tunesmith.training.classifier), not a chat model
+    )
     format_version: int = FORMAT_VERSION
     tunesmith_version: str = ""
     # Set by `tunesmith export` only: source run, formats, files, checks (see tunesmith.export).
     export: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> RunCard:
+        """The card of a finished run (or export); see ``read_run_card``."""
+        return read_run_card(run_dir)
+
+    @property
+    def sampling(self) -> Sampling:
+        """The run's sampling defaults."""
+        return Sampling.from_dict(self.generation)
+
+    @property
+    def end_of_turn(self) -> str | None:
+        """The token that ends an answer, as training found it in the template."""
+        return self.template.get("end_of_turn")
 
     @property
     def is_export(self) -> bool:
@@ -78,11 +104,66 @@ def read_run_card(run_dir: str | Path) -> RunCard:
         raise RunDirError(f"{run_dir}: no {RUN_CARD}, so training there did not finish.{hint}")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-        card = RunCard(**raw)
-    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
+        if not isinstance(raw, dict):
+            raise TypeError("not a JSON object")
+        if raw.get("format_version", 1) > FORMAT_VERSION:
+            raise RunDirError(
+                f"{path}: run card format {raw['format_version']} is newer than this tunesmith reads "
+                f"({FORMAT_VERSION}); upgrade tunesmith"
+            )
+        unknown = sorted(set(raw) - {f.name for f in fields(RunCard)})
+        if unknown:
+            raise TypeError(f"unknown fields {unknown}")
+        card = RunCard(**_migrate(raw, run_dir))
+        card.sampling  # noqa: B018  (unknown or missing sampling settings fail here, not mid-answer)
+    except (json.JSONDecodeError, TypeError, ValueError, UnicodeDecodeError) as e:
         raise RunDirError(f"{path}: unreadable run card ({str(e)[:200]})") from None
     _check_parts(run_dir, card)
     return card
+
+
+def _migrate(raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """A format-1 card as format 2: the fields it lacks, from the files its run wrote beside it.
+
+    Format 1 kept max length and trust_remote_code only in ``config.yaml`` and the template text
+    only in the tokenizer folder; they are read from there once, here, and nowhere else.
+    """
+    if raw.get("format_version", 1) >= 2:
+        return raw
+    raw = dict(raw, format_version=FORMAT_VERSION)
+    cfg: dict[str, Any] = {}
+    try:
+        import yaml
+
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, ValueError, ImportError, yaml.YAMLError):
+        pass
+    section = lambda name: cfg.get(name) if isinstance(cfg.get(name), dict) else {}  # noqa: E731
+    data = raw.get("data") or {}
+    raw.setdefault("max_length", data.get("max_length") or section("data").get("max_length"))
+    if raw.get("task", "chat") == "chat" and not raw.get("max_length"):
+        raw["max_length"] = DEFAULT_MAX_LENGTH
+    raw.setdefault("trust_remote_code", bool(section("model").get("trust_remote_code", False)))
+    raw.setdefault("dtype", None)
+    template = dict(raw.get("template") or {})
+    if template and "text" not in template:
+        template["text"] = _tokenizer_template(run_dir / str(raw.get("tokenizer", "tokenizer")), run_dir)
+    raw["template"] = template
+    return raw
+
+
+def _tokenizer_template(folder: Path, run_dir: Path) -> str | None:
+    """The chat template a saved tokenizer holds (chat_template.jinja or tokenizer_config.json)."""
+    for where in (folder, run_dir):  # an export keeps its tokenizer files in the directory itself
+        jinja = where / "chat_template.jinja"
+        if jinja.is_file():
+            return jinja.read_text(encoding="utf-8")
+        conf = where / "tokenizer_config.json"
+        if conf.is_file():
+            value = json.loads(conf.read_text(encoding="utf-8")).get("chat_template")
+            if isinstance(value, str):
+                return value
+    return None
 
 
 def _check_parts(run_dir: Path, card: RunCard) -> None:

@@ -111,14 +111,18 @@ class ChatFormat:
     Args:
         tokenizer: a Hugging Face (fast) tokenizer.
         template: chat template text; defaults to the tokenizer's own.
+        eot_token: the end-of-turn token as a run card records it; when None (training), it is
+            found by rendering a conversation.
     """
 
-    def __init__(self, tokenizer: Any, template: str | None = None):
+    def __init__(self, tokenizer: Any, template: str | None = None, eot_token: str | None = None):
         self.tokenizer = tokenizer
         self.template = template or resolve_template(tokenizer, None)
         self.fingerprint = sha256_text(self.template)[:16]
-        self.eot_token = self._detect_eot()
+        self.eot_token = eot_token or self._detect_eot()
         self.eot_id = tokenizer.convert_tokens_to_ids(self.eot_token)
+        if eot_token and (self.eot_id is None or self.eot_id == tokenizer.unk_token_id):
+            raise TemplateError(f"end-of-turn token {eot_token!r} is not in this tokenizer's vocabulary")
 
     def render(self, msgs: Conversation, add_generation_prompt: bool = False) -> str:
         return self.tokenizer.apply_chat_template(

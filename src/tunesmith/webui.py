@@ -16,7 +16,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from .errors import DependencyError, UsageError
+from .deps import require
+from .errors import UsageError
 from .logs import get_logger
 from .serving.backends import Backend, GenRequest, merge_events, queue_all, sampling_for
 from .serving.protocol import APIError
@@ -30,11 +31,7 @@ _MONO = ["ui-monospace", "monospace"]
 
 def _gradio() -> Any:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local tool
-    try:
-        import gradio
-    except ImportError:
-        raise DependencyError("the web UI needs Gradio: pip install 'tunesmith[webui]'") from None
-    return gradio
+    return require("gradio", "webui", "the web UI")
 
 
 def _turns(history: list[Any]) -> list[dict[str, str]]:
@@ -235,10 +232,10 @@ def create_webui_app(backend: Backend, title: str = "tunesmith", auth: tuple[str
     """
     import contextlib
 
-    from .serving.app import _fastapi
+    from .serving.app import fastapi_module
 
     gr = _gradio()
-    fastapi = _fastapi()
+    fastapi = fastapi_module()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:

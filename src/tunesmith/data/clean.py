@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import _f, fill_section, load_yaml
+from ..config import fill_section, load_yaml, option
 from ..errors import ConfigError, DatasetError
 from ..files import sha256_text
 from . import textcheck
@@ -31,25 +31,25 @@ _SPACES = re.compile(r"[ \t\u00a0\u3000]+")
 
 @dataclass
 class CleanRecipe:
-    unicode: Literal["nfkc", "nfkc_keep_cjk_punct", "nfc", "none"] = _f(
+    unicode: Literal["nfkc", "nfkc_keep_cjk_punct", "nfc", "none"] = option(
         "nfkc_keep_cjk_punct",
         "Unicode normalisation; the default folds full-width letters/digits but keeps ，。！？",
     )
-    fix_mojibake: bool = _f(True, "repair text decoded with the wrong encoding (ftfy)")
-    to_simplified: bool = _f(False, "convert traditional Chinese to simplified (OpenCC t2s)")
-    whitespace: bool = _f(True, "strip ends, collapse runs of spaces, drop control/zero-width characters")
-    missing: Literal["drop", "fill"] = _f("drop", "records with an empty required field: drop or fill")
-    fill_value: str = _f("", "text for empty required fields when missing=fill")
-    min_answer_chars: int = _f(1, "drop answers shorter than this")
-    max_answer_chars: int | None = _f(None, "drop answers longer than this")
-    max_prompt_chars: int | None = _f(None, "drop prompts longer than this")
-    loop_filter: bool = _f(True, "drop answers with a looping phrase")
-    loop_ngram: int = _f(4, "looping phrase: length in characters")
-    loop_min_count: int = _f(3, "looping phrase: occurrences (non-overlapping) to count as a loop")
-    exact_dedup: bool = _f(True, "drop exact duplicate records (after normalisation), keep the first")
-    near_dedup: bool = _f(True, "drop near-duplicate records (prompt + answer), keep the first")
-    near_threshold: float = _f(0.85, "near dedup: Jaccard similarity of character 3-grams")
-    near_tokenizer: Literal["auto", "char", "word"] = _f(
+    fix_mojibake: bool = option(True, "repair text decoded with the wrong encoding (ftfy)")
+    to_simplified: bool = option(False, "convert traditional Chinese to simplified (OpenCC t2s)")
+    whitespace: bool = option(True, "strip ends, collapse runs of spaces, drop control/zero-width characters")
+    missing: Literal["drop", "fill"] = option("drop", "records with an empty required field: drop or fill")
+    fill_value: str = option("", "text for empty required fields when missing=fill")
+    min_answer_chars: int = option(1, "drop answers shorter than this")
+    max_answer_chars: int | None = option(None, "drop answers longer than this")
+    max_prompt_chars: int | None = option(None, "drop prompts longer than this")
+    loop_filter: bool = option(True, "drop answers with a looping phrase")
+    loop_ngram: int = option(4, "looping phrase: length in characters")
+    loop_min_count: int = option(3, "looping phrase: occurrences (non-overlapping) to count as a loop")
+    exact_dedup: bool = option(True, "drop exact duplicate records (after normalisation), keep the first")
+    near_dedup: bool = option(True, "drop near-duplicate records (prompt + answer), keep the first")
+    near_threshold: float = option(0.85, "near dedup: Jaccard similarity of character 3-grams")
+    near_tokenizer: Literal["auto", "char", "word"] = option(
         "auto", "near dedup shingles: characters or jieba words"
     )
 

@@ -23,8 +23,8 @@ from ..logs import get_logger
 from ..registry import Registry
 from .formats import (
     FORMATS,
+    BadRecord,
     Conversation,
-    _Bad,
     check_raw_record,
     load_records,
     read_raw,
@@ -87,7 +87,7 @@ def to_format(conv: Conversation, fmt: str) -> dict[str, Any]:
     writer = WRITERS.get(fmt)
     try:
         validate_conversation(conv)
-    except _Bad as e:
+    except BadRecord as e:
         raise DatasetError(f"cannot convert the conversation: {e}") from None
     except (KeyError, TypeError):
         raise DatasetError(
@@ -109,7 +109,7 @@ def _check_record(rec: Any, fmt: str, path: Path, index: int) -> None:
         raise DatasetError(f"record must be an object, got {type(rec).__name__}", str(path), index)
     try:
         validate_conversation(FORMATS.get("alpaca" if fmt == "csv" else fmt)(rec))
-    except _Bad as e:
+    except BadRecord as e:
         raise DatasetError(f"cannot write this {fmt} record: {e}", str(path), index) from None
 
 

@@ -40,22 +40,22 @@ SHAREGPT_ROLES = {
 }
 
 
-class _Bad(Exception):
+class BadRecord(Exception):
     """Raised inside readers; turned into DatasetError with file and record by the loader."""
 
 
 def _text(rec: dict[str, Any], key: str, required: bool = True) -> str:
     if key not in rec or rec[key] is None:
         if required and key in rec:
-            raise _Bad(f"field {key!r} is null; it must hold text")
+            raise BadRecord(f"field {key!r} is null; it must hold text")
         if required:
-            raise _Bad(f"missing field {key!r} (found fields: {', '.join(map(str, rec)) or 'none'})")
+            raise BadRecord(f"missing field {key!r} (found fields: {', '.join(map(str, rec)) or 'none'})")
         return ""
     value = rec[key]
     if not isinstance(value, str):
-        raise _Bad(f"field {key!r} must be a string, got {type(value).__name__}")
+        raise BadRecord(f"field {key!r} must be a string, got {type(value).__name__}")
     if required and not value.strip():
-        raise _Bad(f"field {key!r} is empty")
+        raise BadRecord(f"field {key!r} is empty")
     return value
 
 
@@ -71,10 +71,10 @@ def read_alpaca(rec: dict[str, Any]) -> Conversation:
         msgs.append({"role": "system", "content": system})
     history = rec.get("history") or []
     if not isinstance(history, list):
-        raise _Bad("field 'history' must be a list of [question, answer] pairs")
+        raise BadRecord("field 'history' must be a list of [question, answer] pairs")
     for i, pair in enumerate(history):
         if not (isinstance(pair, list | tuple) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
-            raise _Bad(f"history[{i}] must be a [question, answer] pair of strings")
+            raise BadRecord(f"history[{i}] must be a [question, answer] pair of strings")
         msgs += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
     user = f"{instruction}\n{extra}" if extra.strip() else instruction
     msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
@@ -83,19 +83,19 @@ def read_alpaca(rec: dict[str, Any]) -> Conversation:
 
 def _messages(items: Any, field: str, role_key: str, content_key: str) -> Conversation:
     if not isinstance(items, list) or not items:
-        raise _Bad(f"field {field!r} must be a non-empty list of messages")
+        raise BadRecord(f"field {field!r} must be a non-empty list of messages")
     msgs = []
     for i, m in enumerate(items):
         if not isinstance(m, dict):
-            raise _Bad(f"{field}[{i}] must be an object, got {type(m).__name__}")
+            raise BadRecord(f"{field}[{i}] must be an object, got {type(m).__name__}")
         rk = role_key if role_key in m else "role"
         ck = content_key if content_key in m else "content"
         role = m.get(rk)
         if role not in SHAREGPT_ROLES:
-            raise _Bad(f"{field}[{i}].{rk} is {role!r}; expected one of {sorted(SHAREGPT_ROLES)}")
+            raise BadRecord(f"{field}[{i}].{rk} is {role!r}; expected one of {sorted(SHAREGPT_ROLES)}")
         content = m.get(ck)
         if not isinstance(content, str):
-            raise _Bad(f"{field}[{i}].{ck} must be a string, got {type(content).__name__}")
+            raise BadRecord(f"{field}[{i}].{ck} must be a string, got {type(content).__name__}")
         msgs.append({"role": SHAREGPT_ROLES[role], "content": content})
     return msgs
 
@@ -104,7 +104,7 @@ def _messages(items: Any, field: str, role_key: str, content_key: str) -> Conver
 def read_sharegpt(rec: dict[str, Any]) -> Conversation:
     """{"conversations": [{"from": "human"|"gpt"|"system", "value": ...}], "system"?: ...}"""
     if "conversations" not in rec:
-        raise _Bad(f"missing field 'conversations' (found fields: {', '.join(map(str, rec))})")
+        raise BadRecord(f"missing field 'conversations' (found fields: {', '.join(map(str, rec))})")
     msgs = _messages(rec["conversations"], "conversations", "from", "value")
     system = _text(rec, "system", required=False)
     if system.strip() and msgs[0]["role"] != "system":
@@ -116,7 +116,7 @@ def read_sharegpt(rec: dict[str, Any]) -> Conversation:
 def read_messages(rec: dict[str, Any]) -> Conversation:
     """OpenAI chat format: {"messages": [{"role": ..., "content": ...}]}"""
     if "messages" not in rec:
-        raise _Bad(f"missing field 'messages' (found fields: {', '.join(map(str, rec))})")
+        raise BadRecord(f"missing field 'messages' (found fields: {', '.join(map(str, rec))})")
     return _messages(rec["messages"], "messages", "role", "content")
 
 
@@ -127,7 +127,7 @@ def detect_format(rec: dict[str, Any]) -> str:
         return "sharegpt"
     if "instruction" in rec or "output" in rec:
         return "alpaca"
-    raise _Bad(
+    raise BadRecord(
         "cannot tell the format: expected 'instruction'/'output' (alpaca), 'conversations' "
         f"(sharegpt) or 'messages' (OpenAI); found fields: {', '.join(map(str, rec)) or 'none'}"
     )
@@ -137,15 +137,15 @@ def validate_conversation(msgs: Conversation) -> None:
     """Roles in order: [system], user, assistant, user, assistant, ... ending with assistant."""
     body = msgs[1:] if msgs and msgs[0]["role"] == "system" else msgs
     if not body:
-        raise _Bad("conversation has no user/assistant turns")
+        raise BadRecord("conversation has no user/assistant turns")
     for i, m in enumerate(body):
         expected = "user" if i % 2 == 0 else "assistant"
         if m["role"] != expected:
-            raise _Bad(f"turn {i} has role {m['role']!r}, expected {expected!r} (roles must alternate)")
+            raise BadRecord(f"turn {i} has role {m['role']!r}, expected {expected!r} (roles must alternate)")
         if not m["content"].strip():
-            raise _Bad(f"turn {i} ({m['role']}) has empty content")
+            raise BadRecord(f"turn {i} ({m['role']}) has empty content")
     if body[-1]["role"] != "assistant":
-        raise _Bad("conversation must end with an assistant turn")
+        raise BadRecord("conversation must end with an assistant turn")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -514,7 +514,7 @@ def load_records(
         try:
             msgs = FORMATS.get(detect_format(rec) if fmt == "auto" else fmt)(rec)
             validate_conversation(msgs)
-        except _Bad as e:
+        except BadRecord as e:
             where = f" (line {lineno})" if lineno else ""
             raise DatasetError(f"{e}{where}", str(path), index) from None
         if system_prompt and msgs[0]["role"] != "system":

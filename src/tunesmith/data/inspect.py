@@ -14,8 +14,8 @@ from . import textcheck
 from .dedup import near_duplicate_clusters
 from .formats import (
     FORMATS,
+    BadRecord,
     Conversation,
-    _Bad,
     detect_format,
     map_strings,
     read_raw,
@@ -50,13 +50,13 @@ def to_rows(raw_records: list[tuple[int | None, Any]], fmt: str = "auto") -> lis
         row = Row(i, rec, texts=_strings(rec))
         try:
             if not isinstance(rec, dict):
-                raise _Bad(f"record is {type(rec).__name__}, not an object")
+                raise BadRecord(f"record is {type(rec).__name__}, not an object")
             row.fmt = detect_format(rec) if fmt == "auto" else fmt
             conv = FORMATS.get(row.fmt)(rec)
             validate_conversation(conv)
             row.prompt = "\n".join(m["content"] for m in conv if m["role"] == "user")
             row.answer = conv[-1]["content"]
-        except _Bad as e:
+        except BadRecord as e:
             row.error = str(e)
         rows.append(row)
     return rows

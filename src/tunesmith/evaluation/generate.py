@@ -10,8 +10,8 @@ from typing import Any
 from ..data.formats import Conversation
 from ..errors import ConfigError
 from ..generation import Sampling
-from ..inference import Chatbot, Generation
 from ..logs import get_logger
+from ..runtime.chatbot import Chatbot, Generation
 
 log = get_logger(__name__)
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from ..data.formats import (
     FORMATS,
+    BadRecord,  # the readers' internal error, turned into DatasetError with file and record below
     Conversation,
-    _Bad,  # the readers' internal error, turned into DatasetError with file and record below
     alpaca_from_csv,
     check_raw_record,
     detect_format,
@@ -95,7 +95,7 @@ def load_eval_items(path: str | Path, fmt: str = "auto", limit: int | None = Non
         check_raw_record(rec, path, index, lineno)
         try:
             items.append(_item(rec, fmt))
-        except _Bad as e:
+        except BadRecord as e:
             where = f" (line {lineno})" if lineno else ""
             raise DatasetError(f"{e}{where}", str(path), index) from None
     if not items:

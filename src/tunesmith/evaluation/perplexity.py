@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 from ..data.formats import Conversation
-from ..inference import Chatbot
+from ..runtime.chatbot import Chatbot
 from ..templates import IGNORE_INDEX, Example
 
 

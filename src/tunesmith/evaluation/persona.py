@@ -31,7 +31,7 @@ from typing import Any
 from ..data.formats import read_raw
 from ..data.textcheck import looping_phrase
 from ..errors import DatasetError
-from ..metrics import chars, distinct_n, rouge
+from .metrics import chars, distinct_n, rouge
 
 KINDS = ("persona", "general")
 FALSE_PASS = 0.03  # share of other-voice lines the judge's threshold lets pass in cross-validation

@@ -7,17 +7,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..errors import DatasetError, ModelSourceError, RunDirError
 from ..generation import Sampling
-from ..inference import Chatbot, load_chatbot
 from ..logs import get_logger
-from ..metrics import REFERENCE_METRICS, answer_metrics
 from ..modeling import resolve_source
-from ..runcard import RunCard, read_run_card
+from ..runcard import DEFAULT_MAX_LENGTH, RunCard, read_run_card
+from ..runtime.chatbot import Chatbot, load_chatbot
 from .generate import generate_all
 from .items import EvalItem, load_eval_items
+from .metrics import REFERENCE_METRICS, answer_metrics
 from .perplexity import answer_perplexity
 from .persona_run import PersonaInputs, persona_section, read_persona_inputs
 from .report import write_report
@@ -143,14 +141,6 @@ def check_base_model(run_dir: Path, card: RunCard, base_run: Path | None, allow_
         raise RunDirError("; ".join(problems) + ". Pass --allow-different-base to compare anyway.")
     for p in problems:
         log.warning("%s (allowed)", p)
-
-
-def _run_max_length(run_dir: Path) -> int:
-    try:
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-        return int(cfg["data"]["max_length"])
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
-        return 384  # the training default
 
 
 def _answer_side(side: _Side, items: list[EvalItem], sampling: Sampling, opts: EvalOptions) -> list[Any]:
@@ -296,7 +286,7 @@ def run_eval(
     sampling = sides[1].bot.defaults.updated(**opts.sampling)
     if sampling.seed is None:
         sampling = replace(sampling, seed=0)  # sampled answers are reproducible run to run
-    max_length = opts.max_length or _run_max_length(run_dir)
+    max_length = opts.max_length or inp.card.max_length or DEFAULT_MAX_LENGTH
     log.info("evaluating %s on %d records: perplexity", run_dir, len(inp.items))
     models = _perplexities(sides, inp.items, inp.general, max_length, opts.ppl_batch_size)
     answers, sweep = _answers_and_sweep(sides, inp.items, sampling, opts)

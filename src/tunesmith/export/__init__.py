@@ -4,7 +4,8 @@ Every format is loaded back and checked against the fine-tuned model before the 
 appears. See docs/deploy.md for which format suits which runtime.
 """
 
-from .common import CHECK_PROMPTS, CheckResult, ExportError
+from ..errors import ExportError
+from .common import CHECK_PROMPTS, CheckResult
 from .run import DTYPES, FORMATS, QUANTIZE, REPORT, ExportOptions, run_export
 
 __all__ = [

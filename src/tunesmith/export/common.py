@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -11,15 +10,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..errors import DependencyError, TunesmithError
-
-# What `pip install` needs for each optional module an export format uses.
-EXTRAS = {
-    "onnx": "onnx",
-    "onnxruntime": "onnxruntime",
-    "onnxscript": "onnxscript",
-    "onnxruntime.quantization": "onnxruntime",
-}
+from .. import deps
 
 # Prompts of the fixed check batch: short, mixed languages, one multi-turn. The run's system prompt
 # and chat template are applied to them exactly as chat/serve would.
@@ -35,20 +26,9 @@ CHECK_PROMPTS: list[list[dict[str, str]]] = [
 ]
 
 
-class ExportError(TunesmithError, ValueError):
-    """An export cannot be made as asked, or its result does not match the model it came from."""
-
-
 def require(module: str, fmt: str) -> ModuleType:
-    """Import an optional module, or fail with what to install for ``fmt``."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        pkg = EXTRAS.get(module, module.split(".")[0])
-        raise DependencyError(
-            f"--format {fmt} needs the {pkg!r} package ({e}). Install it with: "
-            f"pip install 'tunesmith[export]'  (or: pip install {pkg})"
-        ) from None
+    """Import an optional module an export format uses, or fail with what to install."""
+    return deps.require(module, "export", f"--format {fmt}")
 
 
 @dataclass

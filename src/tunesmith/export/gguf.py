@@ -14,8 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..errors import ExportError
 from ..logs import get_logger
-from .common import ExportError, quiet_loggers
+from .common import quiet_loggers
 
 log = get_logger(__name__)
 

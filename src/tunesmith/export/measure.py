@@ -8,6 +8,7 @@ from typing import Any
 
 from ..data import load_records
 from ..logs import get_logger
+from ..runcard import DEFAULT_MAX_LENGTH
 from .checks import Runner, perplexity, tokens_per_s
 from .common import dir_size
 
@@ -15,13 +16,15 @@ log = get_logger(__name__)
 
 
 def eval_examples(
-    bot: Any, path: str | None, limit: int, fallback: list[list[dict[str, str]]], max_length: int = 512
+    bot: Any, path: str | None, limit: int, fallback: list[list[dict[str, str]]]
 ) -> tuple[list[tuple[list[int], list[int]]], str]:
     """(input_ids, labels) pairs to measure perplexity on, and where they came from.
 
     ``path`` (``--eval-data``, else the run's own data file if it still exists) gives the first
-    ``limit`` records; without one, ``fallback`` conversations are used.
+    ``limit`` records; without one, ``fallback`` conversations are used. Each is cut to the run
+    card's max length, as in training.
     """
+    max_length = bot.card.max_length or DEFAULT_MAX_LENGTH
     convs, origin = fallback, "check prompts with the fine-tuned model's greedy answers"
     if path and Path(path).is_file():
         convs = load_records(path, "auto", bot.card.system_prompt)[:limit]

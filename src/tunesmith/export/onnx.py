@@ -15,8 +15,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..errors import ExportError
 from ..logs import get_logger
-from .common import ExportError, quiet_loggers, require
+from .common import quiet_loggers, require
 
 log = get_logger(__name__)
 

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ExportError
 from ..files import atomic_write_json
-from ..inference import Chatbot, load_chatbot, quantize_int8
 from ..logs import get_logger
-from ..modeling import load_model
+from ..modeling import load_model, quantize_int8
 from ..runcard import EXPORTED, RunCard, read_run_card, write_run_card
+from ..runtime.chatbot import Chatbot, load_chatbot
 from .checks import TorchRunner, compare, reference_outputs
-from .common import CHECK_PROMPTS, CheckResult, ExportError, require
+from .common import CHECK_PROMPTS, CheckResult, require
 from .gguf import GGUF_TYPES, load_gguf, ollama_modelfile, source_gguf_pre, write_gguf
 from .measure import compare_int8, eval_examples, onnx_sizes, outlier_layers, torch_size
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ..errors import DependencyError
+from ..deps import require
 from ..logs import get_logger
 from .backends import (
     Backend,
@@ -46,12 +46,9 @@ _GENERATION = ("/v1/chat/completions", "/v1/completions")
 _KNOWN = {"/health", "/metrics", "/v1/models", *_GENERATION}
 
 
-def _fastapi() -> Any:
-    try:
-        import fastapi
-    except ImportError:
-        raise DependencyError("serving needs FastAPI and uvicorn: pip install 'tunesmith[serve]'") from None
-    return fastapi
+def fastapi_module() -> Any:
+    """FastAPI, or the install line of the serve extra."""
+    return require("fastapi", "serve", "serving")
 
 
 def create_app(
@@ -68,7 +65,7 @@ def create_app(
         repetition_guard: cut looping answers unless a request says otherwise.
         max_body_bytes: larger request bodies get 413.
     """
-    fastapi = _fastapi()
+    fastapi = fastapi_module()
     from fastapi.responses import JSONResponse, Response, StreamingResponse
 
     metrics = ServerMetrics(backend.queue_depth)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..generation import Sampling
-from ..inference import Chatbot
+from ..runtime.chatbot import Chatbot
 from .guard import RepetitionGuard, TextTracker
 from .protocol import APIError
 

@@ -5,19 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import DependencyError
+from ..deps import require
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128)
 
 
 def _prometheus() -> Any:
-    try:
-        import prometheus_client
-    except ImportError:
-        raise DependencyError(
-            "serving needs prometheus_client: pip install 'tunesmith[serve]' (or prometheus-client)"
-        ) from None
-    return prometheus_client
+    return require("prometheus_client", "serve", "serving", "prometheus-client")
 
 
 class ServerMetrics:

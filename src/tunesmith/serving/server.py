@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, DependencyError
+from ..deps import require
+from ..errors import ConfigError
 from ..logs import get_logger
 from ..registry import Registry
 from .backends import BASE_NAME, Backend
@@ -80,11 +81,7 @@ def resolve_api_key(given: str | None) -> str | None:
 
 
 def _uvicorn() -> Any:
-    try:
-        import uvicorn
-    except ImportError:
-        raise DependencyError("serving needs uvicorn: pip install 'tunesmith[serve]'") from None
-    return uvicorn
+    return require("uvicorn", "serve", "serving")
 
 
 def warn_if_exposed(host: str, api_key: str | None) -> None:

@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..fullweights import holds_full_weights
 from ..generation import Sampling
-from ..inference import load_adapter_set, load_chatbot
 from ..logs import get_logger
 from ..modeling import pick_device, pick_dtype
 from ..runcard import read_run_card
+from ..runtime.adapters import load_adapter_set
+from ..runtime.chatbot import load_chatbot
+from ..runtime.fullweights import holds_full_weights
 from .backends import BASE_NAME, Backend, Event, GenRequest, QueueFull, ServedModel
 from .guard import TextTracker
 

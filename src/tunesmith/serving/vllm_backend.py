@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DependencyError, RunDirError
-from ..inference import check_same_base, read_run
 from ..logs import get_logger
 from ..modeling import resolve_source
+from ..runtime.adapters import check_same_base
+from ..runtime.chatbot import read_run
 from .backends import BASE_NAME, Backend, Event, GenRequest, ServedModel
 from .vllm_preflight import Preflight, preflight
 
@@ -101,6 +102,7 @@ class VllmBackend(Backend):
             max_loras=report.max_loras,
             max_cpu_loras=report.max_cpu_loras,
             max_model_len=ctx,
+            trust_remote_code=any(b.card.trust_remote_code for b in bots.values()),
             **engine_kw,
         )
         models = {
