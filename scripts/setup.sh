@@ -5,7 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
+say() { echo "[setup $(date +%H:%M:%S)] $*" >&2; }
+[ -x .venv/bin/python ] || { say "creating .venv"; "$PY" -m venv .venv; }
+say "updating pip"
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+say "installing ${TORCH_SPEC:-torch==2.13.0} (the CPU build)"
 .venv/bin/python -m pip install -q --disable-pip-version-check "${TORCH_SPEC:-torch==2.13.0}"
+say "installing tunesmith and its dependencies (transformers, peft, ...)"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+say "done"

@@ -118,3 +118,17 @@ def tiny_run(tmp_path_factory, tiny_qwen) -> Path:
         "train.dtype=float32", "generation.temperature=0", "generation.max_new_tokens=12",
     ])  # fmt: skip
     return run_train(cfg)
+
+
+@pytest.fixture(autouse=True)
+def threads_as_the_test_sets_them(monkeypatch, request):
+    """Training and commands default to the cores no other process is busy on *now*; a test keeps
+    the thread count it runs with instead (see threads.py). tests/test_hardware.py checks the real
+    default."""
+    if request.module.__name__ == "test_hardware":
+        return
+    import torch
+
+    import tunesmith.runtime.hardware as hw
+
+    monkeypatch.setattr(hw, "free_threads", torch.get_num_threads)

@@ -1,7 +1,8 @@
 import pytest
 
 from tunesmith.errors import ConfigError, ModelSourceError
-from tunesmith.modeling import attach_lora, load_model, pick_dtype, resolve_source
+from tunesmith.modeling import attach_lora, load_model, resolve_source
+from tunesmith.runtime.hardware import pick_dtype
 
 
 def test_unknown_source_lists_everything_tried(tmp_path, monkeypatch):

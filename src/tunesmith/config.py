@@ -110,7 +110,11 @@ class TrainConfig:
     seed: int = option(42, "training seed")
     device: Literal["auto", "cpu", "cuda"] = option("auto", "where to train")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = option(
-        "auto", "compute dtype; auto = bf16 where the hardware supports it, else fp32"
+        "auto", "compute dtype; auto = bf16 where it measures at least 15% faster than fp32 here, else fp32"
+    )
+    threads: int | None = option(None, "CPU threads (default: the physical cores no other process is using)")
+    expected_seconds: float | None = option(
+        None, "training time you expect; a pace projecting 3x more is reported with its likely causes"
     )
     gradient_checkpointing: bool = option(
         False, "trade compute for memory (slower; only when memory requires it)"
@@ -431,6 +435,7 @@ def _check_ranges(cfg: Config) -> list[str]:
             "with `train.early_stopping_patience`, `train.save_steps` must be a multiple of "
             "`train.eval_steps` so that the best evaluation has a checkpoint to keep",
         ),
+        (lambda: t.threads is None or t.threads >= 1, "`train.threads` must be >= 1 (or null: automatic)"),
         (lambda: g.temperature >= 0, "`generation.temperature` must be >= 0"),
         (lambda: 0 < g.top_p <= 1, "`generation.top_p` must be in (0, 1]"),
         (lambda: g.max_new_tokens >= 1, "`generation.max_new_tokens` must be >= 1"),

@@ -286,31 +286,6 @@ def resolve_source(spec: str, revision: str | None = None) -> ModelSource:
     )
 
 
-def pick_device(device: str = "auto") -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ModelSourceError("device", ["train.device=cuda but no CUDA device is available"])
-    return device
-
-
-def pick_dtype(dtype: str, device: str) -> str:
-    """'auto' → bfloat16 where the hardware computes it natively, else float32."""
-    import torch
-
-    if dtype != "auto":
-        return dtype
-    if device == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    native = (
-        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-        or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    )
-    return "bfloat16" if native else "float32"
-
-
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 

@@ -45,6 +45,7 @@ class RunCard:
     max_length: int | None = None  # tokens per training example; evaluation truncates alike
     trust_remote_code: bool = False  # the base model runs code from its own folder
     dtype: str | None = None  # the compute dtype training used
+    compute: dict[str, Any] = field(default_factory=dict)  # why that dtype (measured rates), threads
     metrics: dict[str, Any] = field(default_factory=dict)
     adapter: str = "adapter"
     tokenizer: str = "tokenizer"

@@ -9,8 +9,19 @@ SAMPLING_FLAGS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_ne
 
 
 def add_device_arg(p: argparse.ArgumentParser) -> None:
-    """--device auto|cpu|cuda (auto: CUDA where available)."""
+    """--device auto|cpu|cuda (auto: CUDA where available) and --threads."""
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_threads_arg(p)
+
+
+def add_threads_arg(p: argparse.ArgumentParser) -> None:
+    """--threads N (default: the physical cores no other process is using; see `tunesmith doctor`)."""
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads (default: the physical cores this process may use that no other process is busy "
+        "on)",
+    )
 
 
 def add_sampling_args(p: argparse.ArgumentParser, title: str, seed_help: str) -> None:

@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from .args import add_threads_arg
+
 FORMATS = ("hf", "gguf", "onnx")  # tunesmith.export.FORMATS, repeated so --help imports nothing heavy
 
 
@@ -74,6 +76,7 @@ def add_export_parser(sub: Any) -> None:
     )
     p.add_argument("run_dir", help="a run directory written by `tunesmith train`")
     p.add_argument("-o", "--output", required=True, help="output directory (must not exist or be empty)")
+    add_threads_arg(p)
     p.add_argument(
         "--merge",
         action="store_true",

@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .chat import add_chat_parser
     from .classify import add_classify_parser
     from .data import add_data_parser
+    from .doctor import add_doctor_parser
     from .eval import add_eval_parser
     from .export import add_export_parser
     from .serve import add_serve_parsers
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
     add_tune_parser(sub)
     add_classify_parser(sub)
+    add_doctor_parser(sub)
     return parser
 
 
@@ -47,6 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_cli_logging(args.verbose)
     try:
+        if hasattr(args, "threads"):  # every command that computes (train takes `train.threads`)
+            from ..runtime.hardware import use_threads
+
+            use_threads(args.threads)
         return args.func(args)
     except TunesmithError as e:
         print(f"error: {e}", file=sys.stderr)

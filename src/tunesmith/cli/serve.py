@@ -8,13 +8,6 @@ from typing import Any
 from .args import add_device_arg
 
 
-def _set_threads(n: int | None) -> None:
-    if n:
-        import torch
-
-        torch.set_num_threads(n)
-
-
 def _runs(args: argparse.Namespace) -> dict[str, Any]:
     from ..serving.server import name_runs
 
@@ -34,7 +27,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..serving.app import create_app
     from ..serving.server import build_backend
 
-    _set_threads(args.threads)
     if args.backend == "vllm":
         options: dict[str, Any] = {"max_model_len": args.max_model_len} if args.max_model_len else {}
     else:
@@ -60,7 +52,6 @@ def cmd_webui(args: argparse.Namespace) -> int:
     from ..webui import parse_auth, run_webui
 
     auth = parse_auth(args.auth or os.environ.get("TUNESMITH_WEBUI_AUTH"), args.auth_file)
-    _set_threads(args.threads)
     runs = _runs(args)
     print(
         f"web UI for {', '.join(runs)} on http://{args.host}:{args.port}/"
@@ -83,7 +74,6 @@ def _common(p: argparse.ArgumentParser, port: int) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     p.add_argument("--port", type=int, default=port, help=f"port (default {port})")
     add_device_arg(p)
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument(
         "--dtype",
         choices=["auto", "float32", "bfloat16", "float16"],

@@ -8,10 +8,11 @@ from typing import Any
 
 from ..errors import RunDirError
 from ..logs import get_logger
-from ..modeling import load_model, pick_device, resolve_source
+from ..modeling import load_model, resolve_source
 from ..runcard import RunCard
 from .chatbot import Chatbot, read_run
 from .fullweights import holds_full_weights
+from .hardware import pick_device
 
 log = get_logger(__name__)
 

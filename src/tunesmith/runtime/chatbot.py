@@ -13,10 +13,11 @@ from ..errors import TemplateError
 from ..files import sha256_text
 from ..generation import Sampling
 from ..logs import get_logger
-from ..modeling import load_model, load_tokenizer, pick_device, quantize_int8, resolve_source
+from ..modeling import load_model, load_tokenizer, quantize_int8, resolve_source
 from ..runcard import RUN_CARD, RunCard, read_run_card
 from ..templates import ChatFormat
 from .fullweights import holds_full_weights, load_full_weights
+from .hardware import pick_device
 
 log = get_logger(__name__)
 

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RunDirError
-from ..modeling import load_tokenizer, pick_device, resolve_source
+from ..modeling import load_tokenizer, resolve_source
 from ..runcard import RunCard, read_run_card
+from .hardware import pick_device
 
 
 def load_sequence_classifier(

@@ -20,11 +20,11 @@ from typing import Any
 
 from ..generation import Sampling
 from ..logs import get_logger
-from ..modeling import pick_device, pick_dtype
 from ..runcard import read_run_card
 from ..runtime.adapters import load_adapter_set
 from ..runtime.chatbot import load_chatbot
 from ..runtime.fullweights import holds_full_weights
+from ..runtime.hardware import pick_device, pick_dtype
 from .backends import BASE_NAME, Backend, Event, GenRequest, QueueFull, ServedModel
 from .guard import TextTracker
 

@@ -22,9 +22,10 @@ from ..data.labelled import Labelled, load_labelled, split_labelled
 from ..evaluation.metrics import label_metrics
 from ..files import atomic_write_json
 from ..logs import get_logger
-from ..modeling import load_tokenizer, pick_device, pick_dtype, resolve_source
+from ..modeling import load_tokenizer, resolve_source
 from ..runcard import RunCard, base_model_record
 from ..runtime.classifier import load_sequence_classifier
+from ..runtime.hardware import choose_dtype, pick_device, use_threads
 from .callbacks import best_model_metrics
 from .distributed import barrier, check_world_size, is_main
 from .lifecycle import Tracking, begin, data_fingerprint, finish, fit, open_run, training_args
@@ -115,7 +116,10 @@ def _classify_in(
     train_idx, val_idx = split_labelled(data, cfg.data.val_fraction, cfg.data.seed)
     check_world_size(len(train_idx))
     device = pick_device(cfg.train.device)
-    dtype = pick_dtype(cfg.train.dtype, device)
+    threads = use_threads(cfg.train.threads)
+    compute = choose_dtype(cfg.train.dtype, device, source.path)
+    dtype = compute.dtype
+    log.info("compute dtype %s (%s); %d CPU threads", dtype, compute.reason, threads)
     args = training_args(cfg, run_dir, device, dtype, bool(val_idx))
     args.prediction_loss_only = False  # evaluation needs the logits for accuracy and F1
 
@@ -147,7 +151,7 @@ def _classify_in(
     trainable, total = count_parameters(model)
     log.info("classifier over %d labels; trainable parameters %d of %d", len(classes), trainable, total)
 
-    tracking = Tracking(run, cfg, callbacks)
+    tracking = Tracking(run, cfg, dtype, callbacks)
     trainer = Trainer(
         model=model,
         args=args,
@@ -194,6 +198,7 @@ def _classify_in(
         max_length=cfg.data.max_length,
         trust_remote_code=cfg.model.trust_remote_code,
         dtype=dtype,
+        compute={**compute.as_dict(), "threads": threads},
     )
     finish(run, cfg, model, tokenizer, weights_dir(cfg.lora.method), card)
     log.info("classifier finished: %s (accuracy %s)", run_dir, metrics.get("accuracy"))

@@ -28,6 +28,7 @@ from .callbacks import closing_tensorboard, early_stopping_callbacks
 from .checkpoints import checkpoint_step, last_complete_checkpoint, trim_metrics
 from .distributed import is_main, prepare_for_training_after_evaluate
 from .optim import clamp_warmup
+from .progress import progress_callback
 from .rundir import RunDir, check_data_unchanged, prepare_run_dir, started_callback
 
 log = get_logger(__name__)
@@ -49,9 +50,12 @@ def metrics_callback(path: Path) -> Any:
         """
 
         tokens_per_s: float | None = None
+        segment: int | None = None  # 0 for a run's first process, 1 after its first resume, ...
 
         def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
             self._start = (time.perf_counter(), state.num_input_tokens_seen)
+            earlier = [r["segment"] for r in read_metrics(path) if "segment" in r]
+            self.segment = max(earlier) + 1 if earlier else 0
 
         def on_train_end(self, args, state, control, **kw):  # noqa: ANN001
             elapsed = time.perf_counter() - self._start[0]
@@ -63,10 +67,41 @@ def metrics_callback(path: Path) -> Any:
                 return
             if "eval_loss" in logs:
                 logs["eval_perplexity"] = math.exp(min(logs["eval_loss"], 50))
+            rec = {"step": state.global_step, "time": time.time(), **logs}
+            if self.segment is not None:  # training has begun: which process, and for how long
+                rec.update(segment=self.segment, segment_s=round(time.perf_counter() - self._start[0], 3))
             with path.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps({"step": state.global_step, "time": time.time(), **logs}) + "\n")
+                fh.write(json.dumps(rec) + "\n")
 
     return MetricsJsonl()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl (none if it is missing)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def run_totals(path: Path) -> dict[str, Any]:
+    """Totals over every process that trained this run (after resumes): runtime summed over the
+    steps kept, the training loss averaged over all logged steps, and how many resumes."""
+    records = read_metrics(path)
+    spans: dict[int, float] = {}
+    for r in records:
+        if "segment" in r:
+            spans[r["segment"]] = max(spans.get(r["segment"], 0.0), r.get("segment_s", 0.0))
+    losses = sorted((r["step"], r["loss"]) for r in records if "loss" in r and "eval_loss" not in r)
+    weighted, steps, prev = 0.0, 0, 0
+    for step, loss in losses:
+        weighted += loss * (step - prev)
+        steps += step - prev
+        prev = step
+    return {
+        "train_runtime_s": round(sum(spans.values()), 3) if spans else None,
+        "train_loss": weighted / steps if steps else None,
+        "resumes": max(0, len(spans) - 1),
+    }
 
 
 def training_args(cfg: Config, run_dir: Path, device: str, dtype: str, has_val: bool) -> Any:
@@ -164,7 +199,7 @@ def begin(run: RunDir, cfg: Config, fingerprint: str) -> None:
 class Tracking:
     """The callbacks every run carries: started marker, metrics.jsonl, TensorBoard, early stopping."""
 
-    def __init__(self, run: RunDir, cfg: Config, extra: list[Any] | None = None):
+    def __init__(self, run: RunDir, cfg: Config, dtype: str, extra: list[Any] | None = None):
         from transformers.integrations import TensorBoardCallback
 
         self.metrics = metrics_callback(run.path / "metrics.jsonl")
@@ -174,6 +209,7 @@ class Tracking:
             started_callback(run),
             self.metrics,
             self.tensorboard,
+            progress_callback(dtype, cfg.train.expected_seconds),
             *early_stopping_callbacks(cfg.train),
             *(extra or []),
         ]
@@ -198,7 +234,11 @@ def fit(
             trim_metrics(run.path / "metrics.jsonl", checkpoint_step(checkpoint))
             metrics["eval_loss_before"] = first_eval_loss(run.path / "metrics.jsonl")
     elif before is not None:
+        n = len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0
+        log.info("measuring the validation loss before training, on %d examples", n)
+        start = time.perf_counter()
         metrics.update(before())
+        log.info("before training: %s (%.0f s)", _brief(metrics), time.perf_counter() - start)
         prepare_for_training_after_evaluate(trainer)  # DDP: else train() never wraps the model
     with closing_tensorboard(tracking.tensorboard):
         result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -209,7 +249,17 @@ def fit(
         steps=trainer.state.global_step,
         train_tokens_per_s=tracking.metrics.tokens_per_s,  # non-padding tokens, this process only
     )
+    totals = run_totals(run.path / "metrics.jsonl") if is_main() else {"resumes": 0}
+    if totals["resumes"]:  # the Trainer's own figures cover this process's steps only
+        metrics.update({k: v for k, v in totals.items() if v is not None})
+    metrics["resumes"] = totals["resumes"]
     return result, metrics
+
+
+def _brief(metrics: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k.removesuffix('_before')} {v:.4g}" for k, v in metrics.items() if isinstance(v, float)
+    )
 
 
 def finish(

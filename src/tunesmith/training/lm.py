@@ -13,8 +13,9 @@ from ..data.convert import write_raw
 from ..errors import RunDirError
 from ..files import atomic_write_json
 from ..logs import get_logger
-from ..modeling import load_model, load_tokenizer, pick_device, pick_dtype, resolve_source
+from ..modeling import load_model, load_tokenizer, resolve_source
 from ..runcard import RunCard, base_model_record
+from ..runtime.hardware import choose_dtype, pick_device, use_threads
 from ..templates import ChatFormat, Example, encode_all, resolve_template
 from .callbacks import best_model_metrics
 from .distributed import barrier, check_deepspeed, check_world_size, is_main
@@ -143,7 +144,10 @@ def _train_in(
     check_world_size(len(train_convs))  # a DDP launch with more processes than examples
 
     device = pick_device(cfg.train.device)
-    dtype = pick_dtype(cfg.train.dtype, device)
+    threads = use_threads(cfg.train.threads)
+    compute = choose_dtype(cfg.train.dtype, device, source.path)
+    dtype = compute.dtype
+    log.info("compute dtype %s (%s); %d CPU threads", dtype, compute.reason, threads)
     args = training_args(cfg, run_dir, device, dtype, bool(val_convs))  # bad trainer_args fail early
 
     tokenizer = load_tokenizer(source.path, cfg.model.trust_remote_code)
@@ -192,7 +196,7 @@ def _train_in(
         100 * trainable / total,
     )
 
-    tracking = Tracking(run, cfg, callbacks)
+    tracking = Tracking(run, cfg, dtype, callbacks)
     trainer = make_trainer(
         cfg.train.unpadded,
         cfg.train.label_logits_only,
@@ -238,6 +242,7 @@ def _train_in(
         max_length=cfg.data.max_length,
         trust_remote_code=cfg.model.trust_remote_code,
         dtype=dtype,
+        compute={**compute.as_dict(), "threads": threads},
     )
 
     def merge() -> None:  # after the adapter is saved: merging unloads it from the model

@@ -57,6 +57,8 @@ RESUMABLE_KEYS = {
     "train.logging_steps",
     "train.eval_steps",
     "train.device",
+    "train.threads",
+    "train.expected_seconds",
     "train.resume",
     "train.overwrite",
     "train.output_dir",
