@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -111,17 +110,14 @@ def test_serve_process_binds_loopback_and_needs_the_key(tiny_run):
     ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
+    out = []
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not come up"
-            time.sleep(0.2)
+        for line in proc.stdout:  # the "serving on" line comes only once the socket listens
+            out.append(line)
+            if line.startswith("serving "):
+                break
+        assert out and out[-1].startswith("serving "), "".join(out)
+        assert httpx.get(url + "/health", timeout=5).status_code == 200  # no retry needed
         body = {"model": tiny_run.name, "messages": [{"role": "user", "content": "你好"}], "max_tokens": 2}
         assert httpx.post(url + "/v1/chat/completions", json=body).status_code == 401
         ok = httpx.post(url + "/v1/chat/completions", json=body, headers={"Authorization": "Bearer s3cret"})
@@ -129,5 +125,26 @@ def test_serve_process_binds_loopback_and_needs_the_key(tiny_run):
         assert ok.json()["usage"]["completion_tokens"] <= 2
     finally:
         proc.send_signal(signal.SIGINT)
-        out = proc.communicate(timeout=30)[0]
-    assert f"http://127.0.0.1:{port}/v1" in out and "API key required" in out
+        out.append(proc.communicate(timeout=30)[0])
+    text = "".join(out)
+    assert f"http://127.0.0.1:{port}/v1" in text and "API key required" in text
+
+
+@pytest.mark.parametrize("command", ["serve", "webui"])
+def test_a_busy_port_fails_before_the_model_loads(tiny_run, monkeypatch, capsys, command):
+    import socket
+
+    import tunesmith.serving.server as server
+    from tunesmith.cli.main import main
+
+    def no_load(*a, **kw):
+        raise AssertionError("the model was loaded before the port was checked")
+
+    monkeypatch.setattr(server, "build_backend", no_load)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main([command, str(tiny_run), "--port", str(port), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"127.0.0.1:{port} is in use" in err and "--port" in err

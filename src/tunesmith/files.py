@@ -47,6 +47,32 @@ def ensure_dir(path: str | Path) -> Path:
     return path
 
 
+def current_umask() -> int:
+    """This process's umask (read without changing it where /proc allows)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(tree: str | Path) -> None:
+    """Give ``tree`` (a file, or a folder and all below it) the modes a plain ``open``/``mkdir``
+    would: temp files (``mkstemp``, ``mkdtemp``, and libraries that save through them, such as
+    safetensors) are private, but what tunesmith writes is meant to be read by others."""
+    mask = current_umask()
+    root = Path(tree)
+    paths = [root, *root.rglob("*")] if root.is_dir() else [root]
+    for p in paths:
+        if p.is_symlink():
+            continue
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temp file + rename, so readers never see half a file.
 
@@ -54,6 +80,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         FileError: the file cannot be written (read-only, disk full, ...), with path and cause;
             no partial file is left behind.
     """
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """``atomic_write_text`` for bytes; the file gets the mode the umask gives (0644 usually)."""
     path = Path(path)
     try:
         ensure_dir(path.parent)
@@ -66,10 +97,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     except OSError as e:
         raise FileError(f"cannot write {path}: {os_error_message(e)}") from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+            os.fchmod(fh.fileno(), 0o666 & ~current_umask())  # mkstemp made it 0600
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)

@@ -12,7 +12,7 @@ import base64
 import hashlib
 import hmac
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -256,9 +256,11 @@ def run_webui(
     port: int = 7860,
     device: str = "auto",
     auth: tuple[str, str] | None = None,
+    on_ready: Callable[[], None] | None = None,
     **options: Any,
 ) -> None:
-    """Load ``runs`` (name → run dir) and serve the page until interrupted (``auth``: see above)."""
+    """Load ``runs`` (name → run dir) and serve the page until interrupted (``auth``: see above;
+    ``on_ready`` runs once the page is listening)."""
     from .serving.server import build_backend, run_server
 
     backend = build_backend(runs, "transformers", device=device, **options)
@@ -267,4 +269,4 @@ def run_webui(
             "the web UI listens on %s without --auth: anyone who can reach it can use the model", host
         )
     title = f"tunesmith · {next(iter(runs))}"
-    run_server(create_webui_app(backend, title, auth), host, port)
+    run_server(create_webui_app(backend, title, auth), host, port, on_ready=on_ready)

@@ -25,8 +25,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(report.to_text())
         return 0 if report.ok else 1
     from ..serving.app import create_app
-    from ..serving.server import build_backend
+    from ..serving.server import build_backend, check_port
 
+    check_port(args.host, args.port)  # before the model loads, not after
     if args.backend == "vllm":
         options: dict[str, Any] = {"max_model_len": args.max_model_len} if args.max_model_len else {}
     else:
@@ -37,28 +38,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     key = resolve_api_key(args.api_key)
     warn_if_exposed(args.host, key)
     app = create_app(backend, api_key=key, repetition_guard=args.repetition_guard)
-    print(
-        f"serving {', '.join(backend.models)} ({args.backend}) on http://{args.host}:{args.port}/v1"
-        + (" — API key required" if key else ""),
-        flush=True,
+    ready = f"serving {', '.join(backend.models)} ({args.backend}) on http://{args.host}:{args.port}/v1" + (
+        " — API key required" if key else ""
     )
-    run_server(app, args.host, args.port)
+    run_server(app, args.host, args.port, on_ready=lambda: print(ready, flush=True))
     return 0
 
 
 def cmd_webui(args: argparse.Namespace) -> int:
     import os
 
+    from ..serving.server import check_port
     from ..webui import parse_auth, run_webui
 
     auth = parse_auth(args.auth or os.environ.get("TUNESMITH_WEBUI_AUTH"), args.auth_file)
     runs = _runs(args)
-    print(
-        f"web UI for {', '.join(runs)} on http://{args.host}:{args.port}/"
-        + (" — user name and password required" if auth else ""),
-        flush=True,
+    check_port(args.host, args.port)  # before the model loads, not after
+    ready = f"web UI for {', '.join(runs)} on http://{args.host}:{args.port}/" + (
+        " — user name and password required" if auth else ""
     )
-    run_webui(runs, args.host, args.port, args.device, auth, max_batch=args.max_batch, dtype=args.dtype)
+    run_webui(
+        runs,
+        args.host,
+        args.port,
+        args.device,
+        auth,
+        max_batch=args.max_batch,
+        dtype=args.dtype,
+        on_ready=lambda: print(ready, flush=True),
+    )
     return 0
 
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 import html
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write_json, atomic_write_text
+from ..files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..logs import get_logger
 
 log = get_logger(__name__)
@@ -116,18 +114,6 @@ def loss_png(points: dict[str, list[tuple[int, float]]]) -> bytes | None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    # files.atomic_write_text handles text only; the same temp-file + rename, for bytes.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _compare_rows(
@@ -263,7 +249,7 @@ def write_report(out_dir: Path, m: dict[str, Any], run_dir: Path, generations: l
     out_dir.mkdir(parents=True, exist_ok=True)
     png = loss_png(loss_points(run_dir / "metrics.jsonl"))
     if png:
-        _atomic_write_bytes(out_dir / "loss.png", png)
+        atomic_write_bytes(out_dir / "loss.png", png)
     atomic_write_json(out_dir / "metrics.json", m)
     lines = (json.dumps(g, ensure_ascii=False) for g in generations)
     atomic_write_text(out_dir / "generations.jsonl", "".join(line + "\n" for line in lines))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, ExportError
-from ..files import atomic_write_json
+from ..files import apply_umask, atomic_write_json
 from ..logs import get_logger
 from ..modeling import load_model, quantize_int8
 from ..runcard import EXPORTED, RunCard, read_run_card, write_run_card
@@ -319,9 +319,6 @@ def run_export(run_dir: str | Path, out: str | Path, opts: ExportOptions | None 
     bot = load_chatbot(run_dir, device="cpu", dtype="float32")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary directory
     try:
         ex = _Export(run_dir, out, tmp, bot, opts)
         if "gguf" in opts.formats:
@@ -334,6 +331,7 @@ def run_export(run_dir: str | Path, out: str | Path, opts: ExportOptions | None 
         report = _finish(ex, card, started)
         if out.exists():
             out.rmdir()  # empty, checked above
+        apply_umask(tmp)  # safetensors and ONNX write through private temp files
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

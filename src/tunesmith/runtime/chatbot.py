@@ -82,7 +82,7 @@ class Chatbot:
 
         thread = threading.Thread(target=guarded, daemon=True)
         thread.start()
-        yield from streamer
+        yield from whole_characters(streamer)
         thread.join()
         if errors:
             raise errors[0]
@@ -128,7 +128,7 @@ class Chatbot:
         for row in out[:, width:].tolist():
             end = next((i for i, t in enumerate(row) if t in stop), None)
             tokens = row if end is None else row[:end]
-            text = tok.decode(tokens, skip_special_tokens=True).strip()
+            text = tok.decode(tokens, skip_special_tokens=True).rstrip(REPLACEMENT).strip()
             results.append(Generation(text, len(tokens), prompt_tokens=0, stopped=end is not None))
         for r, p in zip(results, prompts, strict=True):
             r.prompt_tokens = len(p)
@@ -136,6 +136,21 @@ class Chatbot:
 
     def answer(self, msgs: Conversation, sampling: Sampling | None = None, base: bool = False) -> str:
         return "".join(self.stream(msgs, sampling, base)).strip()
+
+
+REPLACEMENT = "\ufffd"  # what decoding makes of the first bytes of a character cut off by the limit
+
+
+def whole_characters(pieces: Iterator[str]) -> Iterator[str]:
+    """Pass text pieces on, holding back trailing U+FFFD until what follows shows whether they
+    were a character still arriving; an answer cut by the token limit mid-character ends before it."""
+    held = ""
+    for piece in pieces:
+        text = held + piece
+        kept = text.rstrip(REPLACEMENT)
+        held = text[len(kept) :]
+        if kept:
+            yield kept
 
 
 @dataclass

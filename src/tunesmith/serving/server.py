@@ -7,11 +7,12 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..deps import require
-from ..errors import ConfigError
+from ..errors import ConfigError, UsageError
 from ..logs import get_logger
 from ..registry import Registry
 from .backends import BASE_NAME, Backend
@@ -89,9 +90,49 @@ def warn_if_exposed(host: str, api_key: str | None) -> None:
         log.warning("listening on %s without an API key: anyone who can reach it can use it", host)
 
 
-def run_server(app: Any, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve ``app`` until interrupted."""
-    _uvicorn().run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+def check_port(host: str, port: int) -> None:
+    """Fail now, before minutes of model loading, if ``host:port`` cannot be listened on.
+
+    Raises:
+        UsageError: the port is taken (or the address is not this machine's), saying which.
+    """
+    import errno
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise UsageError(f"--host {host}: not an address this machine can listen on ({e})") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server itself binds
+        try:
+            s.bind(addr)
+        except OSError as e:
+            why = (
+                "is in use (another server?)"
+                if e.errno == errno.EADDRINUSE
+                else f"cannot be used ({e.strerror})"
+            )
+            raise UsageError(f"{host}:{port} {why}; choose another with --port") from None
+
+
+def run_server(
+    app: Any, host: str = "127.0.0.1", port: int = 8000, on_ready: Callable[[], None] | None = None
+) -> None:
+    """Serve ``app`` until interrupted; ``on_ready`` runs once the socket is bound and listening."""
+    uvicorn = _uvicorn()
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    if on_ready is not None:
+        startup = server.startup
+
+        async def announce_after_startup(sockets: Any = None) -> None:
+            await startup(sockets=sockets)
+            if server.started:
+                on_ready()
+
+        server.startup = announce_after_startup
+    server.run()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

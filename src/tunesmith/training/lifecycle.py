@@ -21,7 +21,7 @@ from typing import Any
 
 from ..config import Config, dump_config
 from ..errors import ConfigError
-from ..files import sha256_text, storage_errors
+from ..files import apply_umask, sha256_text, storage_errors
 from ..logs import get_logger
 from ..runcard import RunCard, write_run_card
 from .callbacks import closing_tensorboard, early_stopping_callbacks
@@ -61,6 +61,11 @@ def metrics_callback(path: Path) -> Any:
             elapsed = time.perf_counter() - self._start[0]
             tokens = state.num_input_tokens_seen - self._start[1]
             self.tokens_per_s = tokens / elapsed if elapsed > 0 and tokens > 0 else None
+
+        def on_save(self, args, state, control, **kw):  # noqa: ANN001
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and checkpoint.is_dir():
+                apply_umask(checkpoint)  # the Trainer saves weights through private temp files
 
         def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
             if logs is None or not state.is_world_process_zero:
@@ -169,6 +174,7 @@ def save_atomically(save: Any, target: Path) -> None:
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save(str(tmp))
+    apply_umask(tmp)  # safetensors writes through a private temp file
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
 
