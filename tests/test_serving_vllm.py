@@ -110,6 +110,16 @@ def test_without_vllm_the_backend_says_how_to_install_it(tiny_run):
         build_backend({"tiny": tiny_run}, backend="vllm")
 
 
+def test_vllm_computes_in_the_transformers_backends_dtype(monkeypatch):
+    """vLLM alone downcasts float32 checkpoints to bfloat16 on CPUs, and greedy answers drift."""
+    import tunesmith.serving.vllm_backend as vb
+
+    assert vb.engine_dtype(None, "cpu") == "float32"
+    assert vb.engine_dtype("bfloat16", "cpu") == "bfloat16"
+    monkeypatch.setattr(vb, "pick_dtype", lambda dtype, device: "bfloat16")
+    assert vb.engine_dtype("auto", "cpu") == "bfloat16"  # measured, as train.dtype auto
+
+
 @pytest.fixture(scope="module")
 def vllm_run(tmp_path_factory):
     """A run on a tiny Qwen2 whose head size (64) vLLM's CPU attention supports."""
@@ -166,7 +176,7 @@ def test_vllm_backend_answers_as_the_transformers_backend(vllm_run, monkeypatch)
         finally:
             backend.close()
 
-    kw = dict(max_model_len=256, dtype="float32", enforce_eager=True)
-    from_vllm = answers(build_backend({"tiny": vllm_run}, backend="vllm", **kw))
+    # what `tunesmith serve --backend vllm --max-model-len 256` passes: no dtype, no eager mode
+    from_vllm = answers(build_backend({"tiny": vllm_run}, backend="vllm", max_model_len=256))
     from_transformers = answers(build_backend({"tiny": vllm_run}, device="cpu"))
     assert from_vllm == from_transformers

@@ -19,6 +19,7 @@ from ..logs import get_logger
 from ..modeling import resolve_source
 from ..runtime.adapters import check_same_base
 from ..runtime.chatbot import read_run
+from ..runtime.hardware import pick_device, pick_dtype
 from .backends import BASE_NAME, Backend, Event, GenRequest, ServedModel
 from .vllm_preflight import Preflight, preflight
 
@@ -61,6 +62,19 @@ def check_runs(runs: dict[str, str | Path]) -> tuple[Preflight, dict[str, Any], 
     return report, bots, source
 
 
+def engine_dtype(dtype: str | None, device: str) -> str:
+    """The dtype vLLM computes in: the transformers backend's, so both give the same answers.
+
+    vLLM alone would downcast float32 checkpoints to bfloat16 on CPUs, and greedy answers then
+    differ from `tunesmith chat`'s. None: bfloat16 on CUDA, float32 elsewhere; "auto": measured
+    as ``train.dtype: auto`` is.
+    """
+    dev = pick_device(device)
+    if dtype == "auto":
+        return pick_dtype("auto", dev)
+    return dtype or ("bfloat16" if dev == "cuda" else "float32")
+
+
 class VllmBackend(Backend):
     """Serve run directories' adapters on one vLLM engine (continuous batching is vLLM's own)."""
 
@@ -92,6 +106,8 @@ class VllmBackend(Backend):
         log.info("vLLM pre-flight:\n%s", report.to_text())
         vllm = import_vllm()
         ctx = max_model_len or _context_len(source.path)
+        dtype = engine_dtype(engine_kw.pop("dtype", None), device)
+        log.info("vLLM computes in %s", dtype)
         # The engine's tokenizer only turns answer tokens back into text: prompts arrive as token
         # ids rendered by tunesmith, and the pre-flight refused extended vocabularies, so the base
         # model's own tokenizer decodes exactly as the runs' do.
@@ -102,6 +118,7 @@ class VllmBackend(Backend):
             max_loras=report.max_loras,
             max_cpu_loras=report.max_cpu_loras,
             max_model_len=ctx,
+            dtype=dtype,
             trust_remote_code=any(b.card.trust_remote_code for b in bots.values()),
             **engine_kw,
         )
