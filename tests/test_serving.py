@@ -415,3 +415,36 @@ def test_a_full_weights_run_is_served_with_its_base_model(tiny_qwen, tmp_path):
     assert tuned == bot.generate_batch([Q], greedy)[0].text.rstrip("\ufffd")
     assert base == bot.generate_batch([Q], greedy, base=True)[0].text.rstrip("\ufffd")
     assert tuned != base
+
+
+def test_the_batch_refills_when_its_clients_come_back_at_different_moments(tiny_run):
+    """Eight clients whose answers end at different moments and who take a while to send the next
+    request: the batches stay full instead of splitting into part-batches that alternate."""
+    import time
+
+    from tunesmith.serving.backends import GenRequest
+
+    backend = build_backend({"tiny": tiny_run}, device="cpu", max_batch=8)
+    sizes = []
+    backend.on_batch = lambda rows, tokens, seconds: sizes.append(rows)
+    m = backend.models["tiny"]
+    prompt = m.chat_prompt([{"role": "user", "content": "你好"}])
+
+    def client(i):
+        for _ in range(4):
+            done = threading.Event()
+            sampling = Sampling(temperature=0, max_new_tokens=2 + 3 * i)  # each ends at its own time
+            req = GenRequest(m, prompt, sampling, ignore_eos=True)
+            backend.submit(req, lambda ev, done=done: ev.finish and done.set())
+            assert done.wait(120)
+            time.sleep(0.06)  # a busy client: longer than the 20 ms batch wait
+
+    with one_thread():
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        backend.close()
+    assert sum(sizes) == 32
+    assert sum(sizes) / len(sizes) >= 7, sizes

@@ -31,7 +31,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.backend == "vllm":
         options: dict[str, Any] = {"max_model_len": args.max_model_len} if args.max_model_len else {}
     else:
-        options = dict(max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue)
+        options = dict(
+            max_batch=args.max_batch,
+            batch_wait_ms=args.batch_wait_ms,
+            refill_wait_ms=args.refill_wait_ms,
+            max_queue=args.max_queue,
+        )
     if args.dtype:
         options["dtype"] = args.dtype
     backend = build_backend(runs, args.backend, device=args.device, **options)
@@ -114,6 +119,12 @@ def add_serve_parsers(sub: Any) -> None:
         "--repetition-guard", action="store_true", help="cut answers that loop (a request may override)"
     )
     p.add_argument("--batch-wait-ms", type=float, default=20.0, help="how long a request waits for company")
+    p.add_argument(
+        "--refill-wait-ms",
+        type=float,
+        default=300.0,
+        help="after a batch of N, how long the next waits for N requests (its clients coming back)",
+    )
     p.add_argument("--max-queue", type=int, default=256, help="waiting requests before new ones get 429")
     p.add_argument("--max-model-len", type=int, help="vllm: context length (default: the model's)")
     p.add_argument(

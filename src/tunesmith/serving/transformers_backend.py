@@ -132,6 +132,8 @@ class TransformersBackend(Backend):
         model: the PeftModel holding every adapter (or a plain model serving only the base).
         max_batch: most requests in one generate() call.
         batch_wait_ms: how long the oldest waiting request waits for others to join its batch.
+        refill_wait_ms: after a batch of N rows, how long the next waits for N requests (the
+            clients of the last batch coming back) before it starts with fewer.
         max_queue: waiting requests beyond which new ones get 429.
         mixed_adapters: let requests for different adapters share a batch.
     """
@@ -142,6 +144,7 @@ class TransformersBackend(Backend):
         model: Any,
         max_batch: int = 16,
         batch_wait_ms: float = 20.0,
+        refill_wait_ms: float = 300.0,
         max_queue: int = 256,
         mixed_adapters: bool = True,
         on_batch: BatchHook | None = None,
@@ -150,6 +153,8 @@ class TransformersBackend(Backend):
         self.model = model
         self.max_batch = max_batch
         self.batch_wait = batch_wait_ms / 1000
+        self.refill_wait = refill_wait_ms / 1000
+        self._last_batch_size = 0
         self.max_queue = max_queue
         self.mixed = mixed_adapters and _mixable(model)
         self.on_batch = on_batch
@@ -264,6 +269,7 @@ class TransformersBackend(Backend):
             finally:
                 self._running = []
                 self._last_batch_end = time.monotonic()
+                self._last_batch_size = len(batch)
 
     def _next_batch(self) -> list[_Job] | None:
         with self._cv:
@@ -275,12 +281,16 @@ class TransformersBackend(Backend):
                     self._cv.wait()
                     continue
                 # Give concurrent requests a moment to arrive, and the clients of the batch that
-                # just ended a moment to come back: starting at once would run the requests that
-                # queued meanwhile as a part-batch, and two part-batches would then alternate.
+                # just ended time to come back (their answers ended at different moments, and a
+                # busy client takes a while to send its next request): starting with only the
+                # requests queued meanwhile would run a part-batch, and part-batches then
+                # alternate, each as slow as a full one.
+                now, waiting = time.monotonic(), len(self._pending)
                 start = max(self._pending[0].enqueued, self._last_batch_end) + self.batch_wait
-                wait = start - time.monotonic()
-                if wait > 0 and len(self._pending) < self.max_batch:
-                    self._cv.wait(wait)
+                refill = self._last_batch_end + self.refill_wait
+                expected = min(self.max_batch, self._last_batch_size)
+                if waiting < self.max_batch and (now < start or (waiting < expected and now < refill)):
+                    self._cv.wait(max(start, refill if waiting < expected else start) - now)
                     continue
                 key = _batch_key(self._pending[0], self.mixed)
                 batch = [j for j in self._pending if _batch_key(j, self.mixed) == key][: self.max_batch]
