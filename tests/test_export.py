@@ -96,6 +96,9 @@ def test_gguf_loads_back_in_transformers_and_answers_the_same(full_export, tiny_
     assert fields["tokenizer.ggml.eot_token_id"].contents() == tuned.fmt.eot_id
     assert fields["general.file_type"].contents() == 7  # MOSTLY_Q8_0
     assert "general.sampling.top_p" in fields
+    lc = next(c for c in report["checks"] if c["name"] == "gguf-f16")["extra"]["llama_cpp"]
+    assert lc["runtime"].startswith("llama.cpp") and lc["passed"], lc  # run in llama.cpp itself
+    assert lc["same_answers"] == f"{len(CHECK_PROMPTS)}/{len(CHECK_PROMPTS)}", lc
     sizes = {q: (out / "gguf" / f"model-{q}.gguf").stat().st_size for q in ("f16", "q8_0")}
     assert sizes["q8_0"] < sizes["f16"]
     modelfile = (out / "gguf" / "Modelfile").read_text(encoding="utf-8")  # for `ollama create`
@@ -333,3 +336,22 @@ def test_cli_export_then_chat_with_the_export(main, tiny_run, tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
     assert main(["export", str(tiny_run), "-o", str(tmp_path / "x"), "--format", "hf,tflite"]) == 2
     assert "tflite" in capsys.readouterr().err
+
+
+def test_a_gguf_that_does_not_stop_in_llama_cpp_fails_the_check(monkeypatch):
+    from tunesmith.export import llamacpp
+
+    class Tok:
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join(chr(0x4E00 + i) for i in ids)
+
+    reference = [[1, 2], [3, 4, 5, 6]]  # the first stopped after two tokens; the second ran to the limit
+    monkeypatch.setattr(
+        llamacpp, "greedy_in_llamacpp", lambda *a, **k: [("\u4e01\u4e02", True), ("x", False)]
+    )
+    ok = llamacpp.llamacpp_check("m.gguf", [[0], [0]], reference, 4, Tok())
+    assert ok["passed"] and ok["same_answers"] == "1/2" and ok["reference_stopped"] == "1/2"
+    monkeypatch.setattr(
+        llamacpp, "greedy_in_llamacpp", lambda *a, **k: [("\u4e01\u4e02", False), ("x", False)]
+    )
+    assert not llamacpp.llamacpp_check("m.gguf", [[0], [0]], reference, 4, Tok())["passed"]

@@ -47,6 +47,9 @@ def test_smollm2_exports_to_gguf_that_answers_the_same(tmp_path):
     assert all(c["passed"] for c in checks.values()), checks
     assert checks["gguf-f16"]["greedy_equal"] == len(CHECK_PROMPTS)
     assert checks["gguf-q8_0"]["top1_agreement"] >= 0.9
+    lc = checks["gguf-f16"]["extra"]["llama_cpp"]  # the file run in llama.cpp itself
+    assert lc["runtime"].startswith("llama.cpp") and lc["passed"], lc
+    assert lc["stopped"] == lc["reference_stopped"] and lc["reference_stopped"] != "0/4", lc
 
     greedy = Sampling(temperature=0, repetition_penalty=1.0, max_new_tokens=16)  # as the export check
     convs = [c for c in CHECK_PROMPTS if len(c) == 1]

@@ -22,6 +22,7 @@ from ..logs import get_logger
 from ..modeling import load_model, quantize_int8
 from ..runcard import EXPORTED, RunCard, read_run_card, write_run_card
 from ..runtime.chatbot import Chatbot, load_chatbot
+from . import llamacpp
 from .checks import TorchRunner, compare, reference_outputs
 from .common import CHECK_PROMPTS, CheckResult, require
 from .gguf import GGUF_TYPES, load_gguf, ollama_modelfile, source_gguf_pre, write_gguf
@@ -194,6 +195,7 @@ class _Export:
             same = result.extra["tokenizer_equal"] and result.extra["template_equal"]
             result.passed = result.passed and same
             del model
+            self.in_llamacpp(path, result)
         card, fmt = self.bot.card, self.bot.fmt
         smallest = min(self.opts.gguf_types, key=("q8_0", "f16", "f32").index)
         gguf_file = f"model-{smallest}.gguf"
@@ -201,6 +203,32 @@ class _Export:
             gguf_file, fmt.template, fmt.eot_token, card.system_prompt, card.generation
         )
         (self.tmp / "gguf" / "Modelfile").write_text(modelfile, encoding="utf-8")
+
+    def in_llamacpp(self, path: Path, result: CheckResult) -> None:
+        """Run the GGUF file in llama.cpp itself: same greedy answers, and stops where it should."""
+        if not llamacpp.available():
+            result.extra["llama_cpp"] = "not checked: pip install xllamacpp (or 'tunesmith[export]')"
+            log.info("%s: not run in llama.cpp (xllamacpp is not installed)", path.name)
+            return
+        import torch
+
+        lc = llamacpp.llamacpp_check(
+            path,
+            self.prompts,
+            self.refs["greedy"],
+            self.refs["max_new"],
+            self.bot.fmt.tokenizer,
+            torch.get_num_threads(),
+        )
+        result.extra["llama_cpp"] = lc
+        result.passed = result.passed and lc["passed"]
+        log.info(
+            "%s in llama.cpp: %s greedy answers equal, stopped %s (the merged model: %s)",
+            path.name,
+            lc["same_answers"],
+            lc["stopped"],
+            lc["reference_stopped"],
+        )
 
     def same_tokenizer(self, tok: Any) -> dict[str, bool]:
         """Whether a tokenizer read back from an export encodes the check prompts the same way."""
