@@ -166,3 +166,37 @@ def test_side_by_side_answers_with_base_and_fine_tuned(ui, browser):
     wait_answered(page, "chat-main", reference(ui))
     wait_answered(page, "chat-base", reference(ui, base=True))
     page.close()
+
+
+# Draws two characters in the page's own body font and says whether their pixels differ: where no
+# font has CJK glyphs, every character is the same empty box.
+GLYPHS_DIFFER = """
+async ([a, b]) => {
+  const family = getComputedStyle(document.querySelector('#prompt textarea')).fontFamily;
+  await document.fonts.load(`32px ${family}`, a + b);
+  const draw = (ch) => {
+    const c = document.createElement('canvas'); c.width = 48; c.height = 48;
+    const ctx = c.getContext('2d'); ctx.font = `32px ${family}`; ctx.fillText(ch, 4, 36);
+    return Array.from(ctx.getImageData(0, 0, 48, 48).data).join(',');
+  };
+  const [pa, pb] = [draw(a), draw(b)];
+  return {family, differ: pa !== pb, inked: /[1-9]/.test(pa)};
+}
+"""
+
+
+def test_chinese_renders_without_cjk_system_fonts(ui, browser):
+    """The page serves its own CJK font: 甄 and 嬛 draw as two different glyphs even where the
+    machine has no CJK font (this test means most there: `fc-list :lang=zh` prints nothing)."""
+    from tunesmith.webui import CJK_FAMILY, CJK_ROUTE, cjk_font_file
+
+    assert cjk_font_file() is not None, "pip install justmytype-intl-cjk (part of tunesmith[webui])"
+    page = browser.new_page()
+    page.goto(ui.url + "/")
+    page.wait_for_selector("#prompt textarea")
+    result = page.evaluate(GLYPHS_DIFFER, ["甄", "嬛"])
+    assert CJK_FAMILY in result["family"]
+    assert result["inked"] and result["differ"], result
+    font = page.request.get(ui.url + CJK_ROUTE)
+    assert font.status == 200 and font.headers["content-type"] == "font/ttf"
+    page.close()

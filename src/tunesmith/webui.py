@@ -24,9 +24,32 @@ from .serving.protocol import APIError
 
 log = get_logger(__name__)
 
-# System fonts only: the default theme would fetch fonts from the internet on every page view.
-_FONTS = ["ui-sans-serif", "system-ui", "Noto Sans CJK SC", "sans-serif"]
-_MONO = ["ui-monospace", "monospace"]
+# No font from the internet (the default theme fetches some on every page view): system fonts,
+# then a CJK font the app serves itself, so Chinese shows on machines without CJK fonts (servers,
+# containers, headless browsers) instead of empty boxes.
+CJK_FAMILY = "tunesmith CJK"
+CJK_ROUTE = "/tunesmith-fonts/noto-sans-sc.ttf"
+_FONTS = ["ui-sans-serif", "system-ui", "Noto Sans CJK SC", CJK_FAMILY, "sans-serif"]
+_MONO = ["ui-monospace", "monospace", CJK_FAMILY]
+
+
+def cjk_font_file() -> Path | None:
+    """Noto Sans SC (SIL Open Font License) from the ``justmytype-intl-cjk`` package, if installed."""
+    try:
+        from importlib.resources import files
+
+        font = files("justmytype_intl_cjk") / "fonts" / "ofl" / "notosanssc" / "NotoSansSC[wght].ttf"
+    except (ImportError, ModuleNotFoundError):
+        return None
+    path = Path(str(font))
+    return path if path.is_file() else None
+
+
+def _font_css() -> str:
+    return (
+        f'@font-face {{ font-family: "{CJK_FAMILY}"; src: url("{CJK_ROUTE}") format("truetype"); '
+        "font-display: swap; }"
+    )
 
 
 def _gradio() -> Any:
@@ -246,8 +269,22 @@ def create_webui_app(backend: Backend, title: str = "tunesmith", auth: tuple[str
     app = fastapi.FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     if auth is not None:
         app.add_middleware(BasicAuth, user=auth[0], password=auth[1])
+    font = cjk_font_file()
+    if font is not None:  # a fixed file: nothing from the request names a path
+
+        @app.get(CJK_ROUTE, include_in_schema=False)
+        def cjk_font() -> Any:
+            return fastapi.responses.FileResponse(
+                font, media_type="font/ttf", headers={"Cache-Control": "public, max-age=86400"}
+            )
+
+    else:
+        log.info("no CJK font to serve (pip install justmytype-intl-cjk): Chinese needs the browser's own")
     theme = gr.themes.Soft(font=_FONTS, font_mono=_MONO)
-    return gr.mount_gradio_app(app, build_webui(backend, title), path="/", theme=theme, ssr_mode=False)
+    css = _font_css() if font is not None else None
+    return gr.mount_gradio_app(
+        app, build_webui(backend, title), path="/", theme=theme, css=css, ssr_mode=False
+    )
 
 
 def run_webui(
