@@ -180,3 +180,19 @@ def test_vllm_backend_answers_as_the_transformers_backend(vllm_run, monkeypatch)
     from_vllm = answers(build_backend({"tiny": vllm_run}, backend="vllm", max_model_len=256))
     from_transformers = answers(build_backend({"tiny": vllm_run}, device="cpu"))
     assert from_vllm == from_transformers
+
+
+def test_vllm_metrics_report_tokens_and_running_requests_per_window():
+    from tunesmith.serving.vllm_backend import StepMeter
+
+    now = [0.0]
+    meter = StepMeter(window=1.0, clock=lambda: now[0])
+    seen = []
+    meter.on_batch = lambda rows, tokens, seconds: seen.append((rows, tokens, seconds))
+    for t, running in [(0.2, 3), (0.5, 8), (0.9, 8)]:
+        now[0] = t
+        meter.add(8, running)
+    assert seen == []  # the window is not over
+    now[0] = 1.25
+    meter.add(8, 6)
+    assert seen == [(8, 32, 1.25)]  # most requests at once, tokens in the window, its length

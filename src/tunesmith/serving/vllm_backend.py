@@ -9,6 +9,7 @@ engine starts, ``vllm_preflight`` checks every adapter and sizes ``max_lora_rank
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -62,6 +63,31 @@ def check_runs(runs: dict[str, str | Path]) -> tuple[Preflight, dict[str, Any], 
     return report, bots, source
 
 
+class StepMeter:
+    """What vLLM's continuous batching does, for the server's metrics: tokens generated and the
+    requests running, reported through ``on_batch(rows, tokens, seconds)`` once per ``window``.
+
+    vLLM has no batch boundaries to report, so a "batch" here is a window of time: its size is
+    the most requests that ran at once in it, its tokens those generated in it.
+    """
+
+    def __init__(self, window: float = 1.0, clock: Any = time.monotonic):
+        self.window, self.clock = window, clock
+        self.on_batch: Any = None
+        self.started = clock()
+        self.tokens = 0
+        self.rows = 0
+
+    def add(self, tokens: int, running: int) -> None:
+        self.tokens += tokens
+        self.rows = max(self.rows, running)
+        now = self.clock()
+        if now - self.started >= self.window:
+            if self.on_batch is not None and self.tokens:
+                self.on_batch(self.rows, self.tokens, now - self.started)
+            self.started, self.tokens, self.rows = now, 0, running
+
+
 def engine_dtype(dtype: str | None, device: str) -> str:
     """The dtype vLLM computes in: the transformers backend's, so both give the same answers.
 
@@ -84,6 +110,7 @@ class VllmBackend(Backend):
         self.lora_paths = lora_paths
         self.engine: Any = None
         self.in_flight = 0
+        self.meter = StepMeter()
 
     @classmethod
     def from_runs(
@@ -175,10 +202,14 @@ class VllmBackend(Backend):
             stream = self.engine.generate(
                 {"prompt_token_ids": req.prompt_ids}, params, request_id, lora_request=lora
             )
+            seen = 0
+            self.meter.on_batch = self.on_batch  # the server's metrics hook, set after construction
             async for out in stream:
                 o = out.outputs[0]
                 piece = tracker.update(o.text)
                 n = len(o.token_ids)
+                self.meter.add(n - seen, self.in_flight)
+                seen = n
                 if tracker.finish:  # a stop string or a loop: vLLM does not know, so abort it
                     await self.engine.abort(request_id)
                     yield _final(piece, tracker, n)
