@@ -176,3 +176,15 @@ def test_the_card_totals_cover_every_resume(tmp_path, tiny_qwen):
         if "segment" in r:
             spans[r["segment"]] = max(spans.get(r["segment"], 0), r["segment_s"])
     assert metrics["train_runtime_s"] == pytest.approx(sum(spans.values()), abs=1e-3)
+
+
+def test_doctor_prints_cores_threads_and_the_measured_choice(rates, capsys, tiny_qwen):
+    from tunesmith.cli.main import main
+
+    assert main(["doctor", "--model", str(tiny_qwen)]) == 0
+    out = capsys.readouterr().out
+    assert "float32 100 GFLOP/s, bfloat16 300 GFLOP/s" in out and "256x64x128" in out
+    assert "train.dtype auto -> bfloat16" in out and "thread(s) by default" in out
+    assert main(["doctor", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["cpu_dtype"] == "bfloat16" and rep["cores"]["default_threads"] >= 1
