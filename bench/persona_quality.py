@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -45,16 +44,6 @@ GOALS = {  # what the product aims for, on held-out questions
     "stop_rate": (">=", 0.95),
     "loop_rate": ("<=", 0.10),
 }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def train(args: argparse.Namespace, out: Path) -> Path:
@@ -104,6 +93,8 @@ def val_losses(run_dir: Path) -> tuple[float | None, float | None, int]:
 def summarise(args: argparse.Namespace, run_dir: Path, m: dict, train_s: float, eval_s: float) -> dict:
     import yaml
 
+    from tunesmith.runtime import hardware
+
     p = m["persona"]
     first, last, steps = val_losses(run_dir)
     card = json.loads((run_dir / "tunesmith.json").read_text(encoding="utf-8"))
@@ -128,7 +119,7 @@ def summarise(args: argparse.Namespace, run_dir: Path, m: dict, train_s: float, 
         "train_s": round(card["metrics"].get("train_runtime_s", train_s)),
         "note": args.note,
         "eval_s": round(eval_s),
-        "cpu": cpu_model(),
+        "cpu": hardware.cpu_model(),
         "load_avg_at_end": os.getloadavg(),
         "date": time.strftime("%Y-%m-%d"),
     }

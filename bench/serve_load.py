@@ -46,13 +46,6 @@ TARGET_BATCH = 7.0  # mean rows per batch at 8 clients
 BUSY_LOAD = 0.5  # 1-minute load average at the start above which the figures are not trusted
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 DATA = REPO / "examples" / "data" / "zhenhuan_roleplay.json"
 MODEL = "smollm2-135m-instruct"
 
@@ -162,6 +155,7 @@ def main() -> None:
 
     import torch
 
+    from tunesmith.runtime import hardware
     from tunesmith.serving.app import create_app
     from tunesmith.serving.server import ServerThread, build_backend
 
@@ -211,7 +205,7 @@ def main() -> None:
         "machine": {
             "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
-            "cpu": cpu_model(),
+            "cpu": hardware.cpu_model(),
             "load_average_at_start": load_at_start,
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
             "busy": load_at_start[0] > BUSY_LOAD,

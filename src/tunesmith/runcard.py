@@ -132,14 +132,17 @@ def _migrate(raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     if raw.get("format_version", 1) >= 2:
         return raw
     raw = dict(raw, format_version=FORMAT_VERSION)
-    cfg: dict[str, Any] = {}
-    try:
-        import yaml
+    import yaml
 
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-    except (OSError, ValueError, ImportError, yaml.YAMLError):
-        pass
-    section = lambda name: cfg.get(name) if isinstance(cfg.get(name), dict) else {}  # noqa: E731
+    try:
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        cfg = None
+    cfg = cfg if isinstance(cfg, dict) else {}
+
+    def section(name: str) -> dict[str, Any]:
+        return cfg[name] if isinstance(cfg.get(name), dict) else {}
+
     data = raw.get("data") or {}
     raw.setdefault("max_length", data.get("max_length") or section("data").get("max_length"))
     if raw.get("task", "chat") == "chat" and not raw.get("max_length"):

@@ -39,7 +39,7 @@ def cjk_font_file() -> Path | None:
         from importlib.resources import files
 
         font = files("justmytype_intl_cjk") / "fonts" / "ofl" / "notosanssc" / "NotoSansSC[wght].ttf"
-    except (ImportError, ModuleNotFoundError):
+    except ImportError:
         return None
     path = Path(str(font))
     return path if path.is_file() else None

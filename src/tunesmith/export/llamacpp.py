@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from ..logs import get_logger
+from ..runtime.chatbot import REPLACEMENT
 
 log = get_logger(__name__)
-
-REPLACEMENT = "\ufffd"
 
 
 def available() -> bool:
